@@ -1,0 +1,413 @@
+//! The daemon's TOML configuration: what the pipeline does. (Command-line flags say how this
+//! process runs and override the few settings they share with the file.)
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error that names it rather than
+//! a setting silently ignored. Every field has a default: no file at all is a valid config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented example configuration: every key with its default value.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../fleetmind.example.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the event log and other state. Relative paths are relative to the
+    /// working directory. Default: `fleetmind-data`.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API and dashboard.
+    pub api: ApiConfig,
+    /// Host collector.
+    pub collector: CollectorConfig,
+    /// Event stream.
+    pub stream: StreamConfig,
+    /// Analytics engine.
+    pub engine: EngineConfig,
+    /// Settings of the `agent` role.
+    pub agent: AgentConfig,
+    /// Settings of the `server` role.
+    pub server: ServerConfig,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the API and dashboard listen on. Default `127.0.0.1:8080`. An address other
+    /// than loopback needs `server.agent_tokens` (the API has no other protection yet).
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes. Default 4 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[collector]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Sampling interval of the host collector, e.g. `"1s"`, `"500ms"`. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Name this host reports. Default: the kernel hostname.
+    pub host_name: Option<String>,
+    /// Root of procfs. Default `/proc`.
+    pub proc_root: PathBuf,
+    /// Root of sysfs. Default `/sys`.
+    pub sys_root: PathBuf,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            host_name: None,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+        }
+    }
+}
+
+/// Which backend carries the event stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Segment files under `data_dir/events` (the default; no external service).
+    #[default]
+    Embedded,
+}
+
+/// When the embedded log calls fsync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// Before acknowledging every append: survives power loss, slowest.
+    Always,
+    /// At most every `fsync_interval`: loses at most that much on power loss.
+    #[default]
+    Interval,
+    /// Never explicitly; the kernel writes back when it likes.
+    Never,
+}
+
+/// `[stream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Backend. Only `"embedded"` for now.
+    pub kind: StreamKind,
+    /// Size at which a segment file is closed and a new one started, in bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// fsync policy. Records acknowledged by an append survive a crash of the process
+    /// (kill -9) under every policy; this chooses what survives a power loss.
+    pub fsync: FsyncMode,
+    /// Period for `fsync = "interval"`. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Oldest segments are deleted once the log exceeds this many bytes. Default 1 GiB.
+    pub retention_bytes: u64,
+    /// Segments whose newest record is older than this are deleted. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            kind: StreamKind::Embedded,
+            segment_bytes: 64 << 20,
+            fsync: FsyncMode::Interval,
+            fsync_interval: Duration::from_secs(1),
+            retention_bytes: 1 << 30,
+            retention_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How much recent history is kept in memory for queries. Default 6 h.
+    #[serde(with = "humantime_serde")]
+    pub memory_window: Duration,
+    /// Most rows one `/api/v1/query` returns; more are cut and flagged. Default 10,000.
+    pub query_max_rows: usize,
+    /// Longest a query may run. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_window: Duration::from_secs(6 * 3600),
+            query_max_rows: 10_000,
+            query_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[agent]`: the per-host role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Base URL of the server the agent sends records to. Default `http://127.0.0.1:8080`.
+    pub server_url: String,
+    /// Bearer token the agent presents to the server; must be in the server's `agent_tokens`.
+    pub server_token: Option<String>,
+    /// Address of the agent's action API (actions come down from the server). Default
+    /// `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+    /// Bearer token the server must present to the agent's action API. Required by the
+    /// action API; without it every action request is refused.
+    pub action_token: Option<String>,
+    /// Most records the agent holds in memory while the server is unreachable; the oldest
+    /// are dropped beyond it (and counted). Default 100,000.
+    pub max_buffered_records: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server_url: "http://127.0.0.1:8080".into(),
+            server_token: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            action_token: None,
+            max_buffered_records: 100_000,
+        }
+    }
+}
+
+/// `[server]`: the central role.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Bearer tokens accepted from agents on `POST /api/v1/ingest`. Empty: ingest is open,
+    /// which is only allowed while the API listens on loopback.
+    pub agent_tokens: Vec<String>,
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value; the message names the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message, with line, column and the offending key.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// File (or `<defaults>`).
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file and, for bad content, the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`], naming the key.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks the rules that serde cannot express.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.collector.interval < Duration::from_millis(10) {
+            return invalid("collector.interval", "must be at least 10ms");
+        }
+        if self.stream.segment_bytes < 4096 {
+            return invalid("stream.segment_bytes", "must be at least 4096");
+        }
+        if self.stream.fsync == FsyncMode::Interval && self.stream.fsync_interval.is_zero() {
+            return invalid("stream.fsync_interval", "must be above zero");
+        }
+        if self.engine.query_max_rows == 0 {
+            return invalid("engine.query_max_rows", "must be at least 1");
+        }
+        if self.engine.query_timeout.is_zero() {
+            return invalid("engine.query_timeout", "must be above zero");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        if !self.api.listen.ip().is_loopback() && self.server.agent_tokens.is_empty() {
+            return invalid(
+                "api.listen",
+                "a non-loopback address needs server.agent_tokens: without tokens the API is open \
+                 and may only listen on loopback",
+            );
+        }
+        if self.server.agent_tokens.iter().any(|t| t.len() < 16) {
+            return invalid(
+                "server.agent_tokens",
+                "every token must be at least 16 characters",
+            );
+        }
+        if !self.agent.server_url.starts_with("http://")
+            && !self.agent.server_url.starts_with("https://")
+        {
+            return invalid("agent.server_url", "must start with http:// or https://");
+        }
+        Ok(())
+    }
+
+    /// The data directory, with its default.
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("fleetmind-data"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.api.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(config.collector.interval, Duration::from_secs(1));
+        assert_eq!(config.data_dir(), PathBuf::from("fleetmind-data"));
+    }
+
+    #[test]
+    fn example_file_is_exactly_the_defaults() {
+        let example = parse(DEFAULT_CONFIG_TOML).expect("example config is valid");
+        let defaults = Config {
+            data_dir: Some(PathBuf::from("fleetmind-data")),
+            ..Config::default()
+        };
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = parse(
+            r#"
+            data_dir = "/var/lib/fleetmind"
+            [api]
+            listen = "127.0.0.1:9090"
+            [collector]
+            interval = "250ms"
+            host_name = "rack1-h7"
+            [stream]
+            fsync = "always"
+            retention_age = "2days"
+            [engine]
+            memory_window = "2h"
+            query_max_rows = 50
+            query_timeout = "3s"
+            [agent]
+            server_url = "http://10.0.0.1:8080"
+            [server]
+            agent_tokens = ["0123456789abcdef0123"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.collector.interval, Duration::from_millis(250));
+        assert_eq!(config.stream.fsync, FsyncMode::Always);
+        assert_eq!(config.stream.retention_age, Duration::from_secs(2 * 86400));
+        assert_eq!(config.engine.query_max_rows, 50);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err =
+            parse("[collector]\ninterval = \"1s\"\nintervall = \"2s\"\n").expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("intervall"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_named() {
+        let err = parse("[colector]\n").expect_err("unknown section");
+        assert!(err.to_string().contains("colector"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = parse("[collector]\ninterval = \"soon\"\n").expect_err("bad duration");
+        let msg = err.to_string();
+        assert!(msg.contains("interval"), "{msg}");
+        let err = parse("[stream]\nfsync = \"sometimes\"\n").expect_err("bad enum");
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = parse("[collector]\ninterval = \"1ms\"\n").expect_err("too short");
+        assert!(err.to_string().contains("collector.interval"), "{err}");
+        let err = parse("[api]\nlisten = \"0.0.0.0:8080\"\n").expect_err("open non-loopback");
+        assert!(err.to_string().contains("api.listen"), "{err}");
+        let err = parse("[server]\nagent_tokens = [\"short\"]\n").expect_err("short token");
+        assert!(err.to_string().contains("server.agent_tokens"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! The daemon roles: which components run in this process and how they are wired.
+//!
+//! * `server`: event log, engine, API and dashboard; records arrive on `POST /api/v1/ingest`.
+//! * `agent`: host collector sending records to a server, and the action API for this host.
+//! * `run`: both in one process; the collector appends straight into the local event log.
+
+mod agent;
+mod pipeline;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetmind_collector::{HostCollector, HostCollectorConfig};
+use fleetmind_dashboards::ApiState;
+use fleetmind_engine::{QueryLimits, Store, StoreConfig};
+use fleetmind_stream::{EventLog, EventSink, EventSource, FsyncPolicy, LogConfig, RetentionPolicy};
+use fleetmind_vmm_probe::KvmStatus;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::DaemonArgs;
+use crate::config::{Config, FsyncMode};
+
+/// Which role this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Agent and server.
+    Run,
+    /// Agent only.
+    Agent,
+    /// Server only.
+    Server,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Run => "run",
+            Role::Agent => "agent",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Loads the config file (or the defaults) and applies the flags.
+///
+/// # Errors
+///
+/// A config error naming the file and key.
+pub fn load_config(args: &DaemonArgs) -> anyhow::Result<Config> {
+    let (mut config, origin) = match &args.config {
+        Some(path) => (Config::load(path)?, path.clone()),
+        None => (Config::default(), "<defaults>".into()),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    if let Some(interval) = args.collect_interval {
+        config.collector.interval = interval;
+    }
+    // Flags can make a valid file invalid (e.g. a non-loopback --listen without tokens).
+    config.validate(&origin)?;
+    Ok(config)
+}
+
+/// Runs `role` until SIGINT or SIGTERM.
+///
+/// # Errors
+///
+/// Start-up failures: config, data directory, event log, binding the listen address.
+pub async fn run(role: Role, args: DaemonArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let shutdown = shutdown_on_signal()?;
+    let kvm = fleetmind_vmm_probe::detect_kvm(&config.collector.sys_root, Path::new("/dev/kvm"));
+    match &kvm {
+        KvmStatus::Available { flavour } => tracing::info!(?flavour, "KVM available"),
+        KvmStatus::Absent { reason } => {
+            tracing::warn!(%reason, "no usable KVM: the hypervisor is reported absent");
+        }
+    }
+    match role {
+        Role::Agent => agent::run_agent(config, kvm, shutdown).await,
+        Role::Run | Role::Server => run_server(role, config, kvm, shutdown, !args.no_collect).await,
+    }
+}
+
+fn shutdown_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+fn log_config(config: &Config) -> LogConfig {
+    LogConfig {
+        segment_bytes: config.stream.segment_bytes,
+        fsync: match config.stream.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(config.stream.fsync_interval),
+            FsyncMode::Never => FsyncPolicy::Never,
+        },
+        retention: RetentionPolicy {
+            max_bytes: Some(config.stream.retention_bytes),
+            max_age: Some(config.stream.retention_age),
+        },
+    }
+}
+
+/// The host collector's settings, with the kernel hostname as the default name.
+pub(crate) fn host_collector(config: &Config) -> HostCollector {
+    let host = config
+        .collector
+        .host_name
+        .clone()
+        .unwrap_or_else(|| fleetmind_collector::hostname(&config.collector.proc_root));
+    HostCollector::new(HostCollectorConfig {
+        host,
+        proc_root: config.collector.proc_root.clone(),
+        sys_root: config.collector.sys_root.clone(),
+    })
+}
+
+async fn run_server(
+    role: Role,
+    config: Config,
+    kvm: KvmStatus,
+    shutdown: watch::Receiver<bool>,
+    collect: bool,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir();
+    let events_dir = data_dir.join("events");
+    std::fs::create_dir_all(&events_dir)
+        .with_context(|| format!("cannot create the data directory {}", events_dir.display()))?;
+    let log_cfg = log_config(&config);
+    let log = tokio::task::spawn_blocking(move || EventLog::open(&events_dir, log_cfg))
+        .await
+        .context("event log open task failed")??;
+    tracing::info!(dir = %data_dir.display(), end_offset = %log.end_offset(), "event log open");
+
+    let store = Arc::new(Store::new(StoreConfig {
+        memory_window: config.engine.memory_window,
+        ..StoreConfig::default()
+    }));
+    let progress = Arc::new(pipeline::IngestProgress::default());
+    let sink: Arc<dyn EventSink> = Arc::new(log.clone());
+    let source: Arc<dyn EventSource> = Arc::new(log.clone());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let consumer = tokio::spawn(pipeline::consume_into_engine(
+        source.clone(),
+        store.clone(),
+        progress.clone(),
+        shutdown.clone(),
+    ));
+
+    // Collector -> log (the all-in-one role, or a server asked to watch its own host).
+    let mut collector_handle = None;
+    if collect {
+        let (tx, rx) = mpsc::channel(1024);
+        let collector = host_collector(&config);
+        collector_handle = Some(tokio::spawn(fleetmind_collector::run_host_collector(
+            collector,
+            config.collector.interval,
+            tx,
+            shutdown.clone(),
+        )));
+        tasks.spawn(pipeline::append_samples(rx, sink.clone()));
+    }
+
+    // Housekeeping: retention of the log and of the engine's memory window.
+    {
+        let log = log.clone();
+        let store = store.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = tick.tick() => {}
+                }
+                let log = log.clone();
+                match tokio::task::spawn_blocking(move || log.enforce_retention()).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "event log retention failed"),
+                    Err(e) => tracing::error!(error = %e, "event log retention task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                if let Err(e) = store.enforce_window(fleetmind_schema::now_ms()) {
+                    tracing::error!(error = %e, "engine memory window enforcement failed");
+                }
+            }
+        });
+    }
+
+    let status = {
+        let source = source.clone();
+        let progress = progress.clone();
+        let kvm = serde_json::to_value(&kvm).unwrap_or_default();
+        let started = std::time::Instant::now();
+        Arc::new(move || {
+            json!({
+                "role": role.name(),
+                "uptime_s": started.elapsed().as_secs(),
+                "hypervisor": kvm,
+                "stream": {"kind": "embedded", "end_offset": source.end_offset().0},
+                "engine": {
+                    "next_offset": progress.next_offset.load(Ordering::Acquire),
+                    "rejected": progress.rejected.load(Ordering::Relaxed),
+                },
+            })
+        })
+    };
+    let state = ApiState {
+        store: store.clone(),
+        ingest: sink.clone(),
+        query_limits: QueryLimits {
+            max_rows: config.engine.query_max_rows,
+            timeout: config.engine.query_timeout,
+            ..QueryLimits::default()
+        },
+        agent_tokens: config.server.agent_tokens.clone().into(),
+        max_body_bytes: config.api.max_body_bytes,
+        status,
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    tracing::info!(%addr, role = role.name(), "API and dashboard listening");
+    // One line on stdout for people and scripts: where to point the browser.
+    println!(
+        "fleetmind {}: API and dashboard on http://{addr}/",
+        role.name()
+    );
+
+    let mut api_shutdown = shutdown.clone();
+    axum::serve(listener, fleetmind_dashboards::app(state))
+        .with_graceful_shutdown(async move {
+            let _ = api_shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .context("API server failed")?;
+
+    // Stop producers first, then let the appender drain, then flush the log to disk.
+    if let Some(handle) = collector_handle {
+        let _ = handle.await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = consumer.await;
+    sink.flush()
+        .await
+        .context("cannot flush the event log on shutdown")?;
+    tracing::info!(end_offset = %source.end_offset(), "event log flushed; bye");
+    Ok(())
+}

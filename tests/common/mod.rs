@@ -1,0 +1,141 @@
+//! Helpers for the cross-crate tests: run the real `fleetmind` binary and talk to it over HTTP.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fleetmind")
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `fleetmind run` on a free loopback port with `data_dir`, and returns once the
+    /// daemon has announced its address (it prints it after binding).
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("FLEETMIND_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fleetmind");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("daemon exited before announcing its address")
+                .expect("read stdout");
+            if let Some(rest) = line.split("API and dashboard on ").nth(1) {
+                break rest.trim().trim_end_matches('/').to_owned();
+            }
+        };
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for exit")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or panics with `what` after `limit`. Waiting on an
+/// observable condition of the daemon, not on time.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET returning (status, JSON body).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.expect("JSON body");
+    (status, body)
+}
+
+/// Runs SQL through the API; panics unless it answers 200.
+pub async fn sql(client: &reqwest::Client, daemon: &Daemon, query: &str) -> Value {
+    let url = reqwest::Url::parse_with_params(&daemon.url("/api/v1/query"), &[("sql", query)])
+        .expect("url");
+    let (status, body) = get_json(client, url.as_str()).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    body
+}
+
+/// The single number of a `select count(*) ...` query (rows are arrays in column order).
+pub async fn count(client: &reqwest::Client, daemon: &Daemon, query: &str) -> u64 {
+    let body = sql(client, daemon, query).await;
+    body["rows"][0][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count in {body}"))
+}
+
+/// Waits until the engine has ingested everything the event log holds.
+pub async fn wait_engine_caught_up(client: &reqwest::Client, daemon: &Daemon) {
+    let url = daemon.url("/api/v1/health");
+    wait_for(
+        "engine to catch up with the event log",
+        Duration::from_secs(60),
+        || async {
+            let (_, h) = get_json(client, &url).await;
+            let end = h["stream"]["end_offset"].as_u64()?;
+            let next = h["engine"]["next_offset"].as_u64()?;
+            (next == end).then_some(())
+        },
+    )
+    .await;
+}
