@@ -68,6 +68,8 @@ fn single_node_real_recording() {
             mem_total_bytes: 6_252_760 * KIB,
             mem_free_bytes: 4_809_108 * KIB,
             mem_used_bytes: 1_443_652 * KIB,
+            hugepages_total: 0,
+            hugepages_free: 0,
             cpus: vec![0, 1],
             distances: vec![10],
         }]
@@ -140,6 +142,12 @@ fn two_node_numa_exact_fractions() {
     assert_eq!(psi.cpu_some_frac, 0.25);
     assert_eq!(psi.memory_some_frac, 0.05);
     assert_eq!(psi.io_some_frac, 0.125);
+    // full: memory +30,000 us and io +80,000 us over 2 s.
+    assert_eq!(psi.memory_full_frac, 0.015);
+    assert_eq!(psi.io_full_frac, 0.04);
+    // ctxt +400,000 over 2 s; procs_* are the t1 values.
+    assert_eq!(s.ctxt_per_s, 200_000.0);
+    assert_eq!((s.procs_running, s.procs_blocked), (9, 1));
     assert_eq!(
         s.numa,
         [
@@ -148,6 +156,8 @@ fn two_node_numa_exact_fractions() {
                 mem_total_bytes: 32_658_932 * KIB,
                 mem_free_bytes: 10_485_760 * KIB,
                 mem_used_bytes: 22_173_172 * KIB,
+                hugepages_total: 4096,
+                hugepages_free: 1024,
                 cpus: vec![0, 1, 2, 3],
                 distances: vec![10, 21],
             },
@@ -156,6 +166,8 @@ fn two_node_numa_exact_fractions() {
                 mem_total_bytes: 33_030_144 * KIB,
                 mem_free_bytes: 2_097_152 * KIB,
                 mem_used_bytes: 30_932_992 * KIB,
+                hugepages_total: 4096,
+                hugepages_free: 0,
                 cpus: vec![4, 5, 6, 7],
                 distances: vec![21, 10],
             },
@@ -215,6 +227,8 @@ fn no_psi_no_numa_degrades() {
             mem_total_bytes: 24_684_096 * KIB,
             mem_free_bytes: 23_240_392 * KIB,
             mem_used_bytes: (24_684_096 - 23_240_392) * KIB,
+            hugepages_total: 0,
+            hugepages_free: 0,
             cpus: vec![0, 1],
             distances: vec![10],
         }]

@@ -36,6 +36,9 @@ pub fn host_sample(host: &str, ts: TimestampMs) -> HostSample {
             })
             .collect(),
         load1: 1.0,
+        procs_running: 2,
+        procs_blocked: 0,
+        ctxt_per_s: 1_000.0,
         mem: MemorySample {
             total_bytes: 16 * GIB,
             free_bytes: 8 * GIB,
@@ -51,6 +54,8 @@ pub fn host_sample(host: &str, ts: TimestampMs) -> HostSample {
             mem_total_bytes: 16 * GIB,
             mem_free_bytes: 8 * GIB,
             mem_used_bytes: 8 * GIB,
+            hugepages_total: 0,
+            hugepages_free: 0,
             cpus: vec![0, 1, 2, 3],
             distances: vec![10],
         }],

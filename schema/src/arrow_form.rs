@@ -165,6 +165,9 @@ arrow_record!(
             struct_type(vec![u32("cpu"), f64("busy_frac"), f64("steal_frac")]),
         ),
         f64("load1"),
+        u32("procs_running"),
+        u32("procs_blocked"),
+        f64("ctxt_per_s"),
         strukt(
             "mem",
             vec![
@@ -192,6 +195,8 @@ arrow_record!(
                 f64("cpu_some_frac"),
                 f64("memory_some_frac"),
                 f64("io_some_frac"),
+                f64("memory_full_frac"),
+                f64("io_full_frac"),
             ],
             true,
         ),
@@ -213,6 +218,8 @@ arrow_record!(
                 u64("mem_total_bytes"),
                 u64("mem_free_bytes"),
                 u64("mem_used_bytes"),
+                u64("hugepages_total"),
+                u64("hugepages_free"),
                 list("cpus", DataType::UInt32),
                 list("distances", DataType::UInt32),
             ]),

@@ -20,9 +20,11 @@
 #![forbid(unsafe_code)]
 
 mod arrow_form;
+mod decode;
 mod records;
 
 pub use arrow_form::{ArrowRecord, ToBatchError, to_record_batch};
+pub use decode::{DecodeError, decode_envelope};
 pub use records::*;
 
 /// Version of the record layouts in this crate. Bumped on every additive change.

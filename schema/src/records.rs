@@ -155,6 +155,15 @@ pub struct HostSample {
     pub per_cpu: Vec<PerCpuSample>,
     /// 1-minute load average.
     pub load1: f64,
+    /// Runnable tasks at the end of the interval (`procs_running` of `/proc/stat`).
+    #[serde(default)]
+    pub procs_running: u32,
+    /// Tasks blocked on I/O at the end of the interval (`procs_blocked`).
+    #[serde(default)]
+    pub procs_blocked: u32,
+    /// Context switches per second over the interval (`ctxt`).
+    #[serde(default)]
+    pub ctxt_per_s: f64,
     /// Memory.
     pub mem: MemorySample,
     /// Pressure stall information; `None` where the kernel has no PSI.
@@ -239,6 +248,12 @@ pub struct PsiSample {
     pub memory_some_frac: f64,
     /// Fraction of the interval some task stalled on I/O.
     pub io_some_frac: f64,
+    /// Fraction of the interval all non-idle tasks stalled on memory (thrashing).
+    #[serde(default)]
+    pub memory_full_frac: f64,
+    /// Fraction of the interval all non-idle tasks stalled on I/O.
+    #[serde(default)]
+    pub io_full_frac: f64,
 }
 
 /// Rates from `/proc/vmstat` over the interval.
@@ -267,6 +282,12 @@ pub struct NumaNodeSample {
     pub mem_free_bytes: u64,
     /// MemUsed of the node.
     pub mem_used_bytes: u64,
+    /// HugePages_Total of the node (default-size huge pages reserved there).
+    #[serde(default)]
+    pub hugepages_total: u64,
+    /// HugePages_Free of the node.
+    #[serde(default)]
+    pub hugepages_free: u64,
     /// CPUs of the node.
     #[serde(default)]
     pub cpus: Vec<u32>,

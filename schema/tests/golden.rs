@@ -68,6 +68,9 @@ fn host_sample() -> HostSample {
             },
         ],
         load1: 0.75,
+        procs_running: 3,
+        procs_blocked: 1,
+        ctxt_per_s: 2400.0,
         mem: MemorySample {
             total_bytes: 25_769_803_776,
             free_bytes: 20_000_000_000,
@@ -89,6 +92,8 @@ fn host_sample() -> HostSample {
             cpu_some_frac: 0.015,
             memory_some_frac: 0.0,
             io_some_frac: 0.002,
+            memory_full_frac: 0.0,
+            io_full_frac: 0.001,
         }),
         vmstat: VmstatRates {
             pgfault_per_s: 1200.0,
@@ -103,6 +108,8 @@ fn host_sample() -> HostSample {
                 mem_total_bytes: 12_884_901_888,
                 mem_free_bytes: 10_000_000_000,
                 mem_used_bytes: 2_884_901_888,
+                hugepages_total: 512,
+                hugepages_free: 128,
                 cpus: vec![0],
                 distances: vec![10, 21],
             },
@@ -111,6 +118,8 @@ fn host_sample() -> HostSample {
                 mem_total_bytes: 12_884_901_888,
                 mem_free_bytes: 10_000_000_000,
                 mem_used_bytes: 2_884_901_888,
+                hugepages_total: 512,
+                hugepages_free: 512,
                 cpus: vec![1],
                 distances: vec![21, 10],
             },
@@ -355,6 +364,23 @@ fn every_record_converts_to_its_arrow_schema() {
 fn empty_input_gives_empty_batch() {
     let batch = to_record_batch::<HostSample>(&[]).expect("empty converts");
     assert_eq!(batch.num_rows(), 0);
+}
+
+/// A record written before a field was added still reads, with the field's default.
+#[test]
+fn records_without_later_fields_still_read() {
+    let mut value =
+        serde_json::to_value(Envelope::new(Record::HostSample(host_sample()))).expect("serialize");
+    let obj = value.as_object_mut().expect("object");
+    for later in ["procs_running", "procs_blocked", "ctxt_per_s"] {
+        obj.remove(later);
+    }
+    let back: Envelope = serde_json::from_value(value).expect("older form reads");
+    let Record::HostSample(sample) = back.record else {
+        panic!("kind changed");
+    };
+    assert_eq!(sample.procs_running, 0);
+    assert_eq!(sample.ctxt_per_s, 0.0);
 }
 
 #[test]

@@ -200,6 +200,9 @@ impl HostCollector {
             cpu,
             per_cpu,
             load1: now.load1,
+            procs_running: cur.cpu.procs_running,
+            procs_blocked: cur.cpu.procs_blocked,
+            ctxt_per_s: per_second(prev.cpu.ctxt, cur.cpu.ctxt, elapsed),
             mem: now.mem,
             psi: psi_sample(prev.psi.as_ref(), cur.psi.as_ref(), elapsed),
             vmstat: vmstat_rates(&prev.vm, &cur.vm, elapsed),
@@ -262,6 +265,10 @@ fn psi_sample(
     let frac = |p: &procfs::Pressure, c: &procfs::Pressure| {
         stall_fraction(p.some.total_us, c.some.total_us, elapsed)
     };
+    let full_frac = |p: &procfs::Pressure, c: &procfs::Pressure| match (p.full, c.full) {
+        (Some(p), Some(c)) => stall_fraction(p.total_us, c.total_us, elapsed),
+        _ => 0.0,
+    };
     Some(PsiSample {
         cpu_some_avg10: cur.cpu.some.avg10,
         memory_some_avg10: cur.memory.some.avg10,
@@ -271,6 +278,8 @@ fn psi_sample(
         cpu_some_frac: frac(&prev.cpu, &cur.cpu),
         memory_some_frac: frac(&prev.memory, &cur.memory),
         io_some_frac: frac(&prev.io, &cur.io),
+        memory_full_frac: full_frac(&prev.memory, &cur.memory),
+        io_full_frac: full_frac(&prev.io, &cur.io),
     })
 }
 

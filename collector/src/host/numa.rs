@@ -68,6 +68,8 @@ fn read_node(dir: &Path, node: u32) -> Result<NumaNodeSample, SampleError> {
         mem_used_bytes: mem
             .used
             .unwrap_or_else(|| mem.total.saturating_sub(mem.free)),
+        hugepages_total: mem.hugepages_total,
+        hugepages_free: mem.hugepages_free,
         cpus,
         distances,
     })
@@ -80,6 +82,8 @@ pub(super) fn single_node(mem: &MemorySample, cpus: Vec<u32>) -> NumaNodeSample 
         mem_total_bytes: mem.total_bytes,
         mem_free_bytes: mem.free_bytes,
         mem_used_bytes: mem.total_bytes.saturating_sub(mem.free_bytes),
+        hugepages_total: mem.hugepages_total,
+        hugepages_free: mem.hugepages_free,
         cpus,
         distances: vec![LOCAL_DISTANCE],
     }
@@ -90,10 +94,14 @@ struct NodeMem {
     total: u64,
     free: u64,
     used: Option<u64>,
+    /// Huge page counts (no unit in the file: these are pages, not bytes).
+    hugepages_total: u64,
+    hugepages_free: u64,
 }
 
 fn parse_node_meminfo(path: &Path, content: &str) -> Result<NodeMem, SampleError> {
     let (mut total, mut free, mut used) = (None, None, None);
+    let (mut huge_total, mut huge_free) = (0, 0);
     for (index, line) in content.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -120,6 +128,8 @@ fn parse_node_meminfo(path: &Path, content: &str) -> Result<NodeMem, SampleError
             "MemTotal:" => total = Some(bytes),
             "MemFree:" => free = Some(bytes),
             "MemUsed:" => used = Some(bytes),
+            "HugePages_Total:" => huge_total = bytes,
+            "HugePages_Free:" => huge_free = bytes,
             _ => {}
         }
     }
@@ -127,6 +137,8 @@ fn parse_node_meminfo(path: &Path, content: &str) -> Result<NodeMem, SampleError
         total: total.ok_or_else(|| SampleError::incomplete(path, "no MemTotal line"))?,
         free: free.ok_or_else(|| SampleError::incomplete(path, "no MemFree line"))?,
         used,
+        hugepages_total: huge_total,
+        hugepages_free: huge_free,
     })
 }
 
@@ -196,7 +208,9 @@ mod tests {
         let content = "Node 1 MemTotal:       33030144 kB\n\
                        Node 1 MemFree:         2097152 kB\n\
                        Node 1 MemUsed:        30932992 kB\n\
-                       Node 1 HugePages_Total:  4096\n";
+                       Node 1 Shmem:              8788 kB\n\
+                       Node 1 HugePages_Total:  4096\n\
+                       Node 1 HugePages_Free:    512\n";
         let mem = parse_node_meminfo(Path::new("meminfo"), content).expect("ok");
         assert_eq!(
             mem,
@@ -204,6 +218,8 @@ mod tests {
                 total: 33_030_144 * 1024,
                 free: 2_097_152 * 1024,
                 used: Some(30_932_992 * 1024),
+                hugepages_total: 4096,
+                hugepages_free: 512,
             }
         );
     }

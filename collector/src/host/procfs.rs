@@ -29,6 +29,12 @@ pub(super) struct CpuStat {
     pub total: Jiffies,
     /// One entry per `cpuN` line (online CPUs), sorted by CPU number.
     pub per_cpu: Vec<(u32, Jiffies)>,
+    /// Context switches since boot (`ctxt`).
+    pub ctxt: u64,
+    /// Runnable tasks now (`procs_running`; 0 where the kernel does not say).
+    pub procs_running: u32,
+    /// Tasks blocked on I/O now (`procs_blocked`).
+    pub procs_blocked: u32,
 }
 
 /// Reads `/proc/stat`.
@@ -87,6 +93,9 @@ fn parse_stat(path: &Path, content: &str) -> Result<CpuStat, SampleError> {
     Ok(CpuStat {
         total: jiffies(&stats.total),
         per_cpu,
+        ctxt: stats.ctxt,
+        procs_running: stats.procs_running.unwrap_or(0),
+        procs_blocked: stats.procs_blocked.unwrap_or(0),
     })
 }
 
