@@ -107,11 +107,18 @@ impl Store {
                 ),
             });
         }
+        let slot = self
+            .query_slot()
+            .map_err(|limit| QueryError::Busy { limit })?;
         let tables = self.snapshot();
         let partitions = self.config().query_threads.max(1);
         let (sql, limits) = (sql.to_owned(), limits.clone());
         let timeout = limits.timeout;
-        let work = async move { run(tables, &sql, &limits, partitions).await };
+        let work = async move {
+            // The slot is released when the work itself ends, not when the caller gives up.
+            let _slot = slot;
+            run(tables, &sql, &limits, partitions).await
+        };
         // The clock runs here, on the caller's runtime, so the answer comes on time even while
         // the query threads are inside a long stretch of DataFusion work that does not yield
         // (a cross join emits many batches per input batch); the task is aborted at its next

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -32,6 +32,10 @@ pub struct StoreConfig {
     pub memory_window: Duration,
     /// Threads that run queries, and the partitions a query is split into. Default 2.
     pub query_threads: usize,
+    /// Queries that may run at once; more are refused with `QueryError::Busy`. A query keeps
+    /// its slot until its work has really stopped (past a timeout, until DataFusion yields),
+    /// so memory stays bounded by this times `QueryLimits::max_memory_bytes`. Default 4.
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for StoreConfig {
@@ -39,6 +43,7 @@ impl Default for StoreConfig {
         Self {
             memory_window: Duration::from_secs(6 * 3600),
             query_threads: 2,
+            max_concurrent_queries: 4,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct Store {
     config: StoreConfig,
     inner: RwLock<Inner>,
     executor: Executor,
+    query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 struct Inner {
@@ -130,6 +136,9 @@ impl Store {
             .collect();
         Self {
             executor: Executor::new(config.query_threads),
+            query_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_queries.max(1),
+            )),
             config,
             inner: RwLock::new(Inner {
                 tables,
@@ -248,6 +257,14 @@ impl Store {
                 batches: chunks.iter().map(|c| c.batch.clone()).collect(),
             })
             .collect()
+    }
+
+    /// Takes a query slot, or says how many are all in use.
+    pub(crate) fn query_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.query_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.config.max_concurrent_queries.max(1))
     }
 
     pub(crate) fn executor(&self) -> &Executor {

@@ -2,7 +2,7 @@
 //! refused or bounded.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleetmind_engine::test_utils::{host_records, host_sample};
 use fleetmind_engine::{QueryError, QueryLimits, QueryResult, Store, StoreConfig};
@@ -323,36 +323,50 @@ async fn running_query_is_cancelled_at_the_timeout() {
         timeout: Duration::from_millis(200),
         ..QueryLimits::default()
     };
-    let started = Instant::now();
     let e = store
         .query(ENDLESS, &limits)
         .await
         .expect_err("cannot finish");
     assert!(matches!(e, QueryError::Timeout { .. }), "{e:?}");
-    // Generous: the point is that it returns at all, not how fast.
-    assert!(started.elapsed() < Duration::from_secs(30));
     // The runtime is free again.
     assert_eq!(ok(&store, "select 1").await.rows, [[json!(1)]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_answers_even_when_datafusion_does_not_yield() {
-    let store = Store::default();
+    // One query slot: a query keeps it until its work has really stopped.
+    let store = Store::new(StoreConfig {
+        max_concurrent_queries: 1,
+        ..StoreConfig::default()
+    });
     let limits = QueryLimits {
         timeout: Duration::from_millis(200),
         ..QueryLimits::default()
     };
-    let started = Instant::now();
     // Each input batch of the right side makes 10^5 x 8192 rows without a yield point.
     let sql = "select count(*) from generate_series(1, 100000) a \
                cross join generate_series(1, 100000) b";
     let e = store.query(sql, &limits).await.expect_err("cannot finish");
     assert!(matches!(e, QueryError::Timeout { .. }), "{e:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    // The answer came while the work was still inside that stretch: its slot is still taken,
+    // so a second query is turned away rather than queued behind it.
+    let busy = store
+        .query("select 1", &limits)
+        .await
+        .expect_err("slot still held");
+    assert!(matches!(busy, QueryError::Busy { limit: 1 }), "{busy:?}");
+    assert!(!busy.is_client_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_slot_is_released_when_the_query_ends() {
+    let store = Store::new(StoreConfig {
+        max_concurrent_queries: 1,
+        ..StoreConfig::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(ok(&store, "select 1").await.rows, [[json!(1)]]);
+    }
 }
 
 #[tokio::test]

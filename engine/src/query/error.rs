@@ -52,6 +52,12 @@ pub enum QueryError {
         /// engine.
         client_fault: bool,
     },
+    /// All query slots are taken; the caller should retry shortly.
+    #[error("{limit} queries are already running; retry shortly")]
+    Busy {
+        /// The configured number of concurrent queries.
+        limit: usize,
+    },
     /// The engine failed (a bug, not the query's fault).
     #[error("query failed inside the engine: {message}")]
     Internal {
@@ -72,7 +78,7 @@ impl QueryError {
             | QueryError::Timeout { .. }
             | QueryError::TooLarge { .. } => true,
             QueryError::Execution { client_fault, .. } => *client_fault,
-            QueryError::Internal { .. } => false,
+            QueryError::Busy { .. } | QueryError::Internal { .. } => false,
         }
     }
 }
