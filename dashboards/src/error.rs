@@ -15,6 +15,12 @@ pub enum ApiError {
     /// No or wrong bearer token.
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but this endpoint is closed to everyone (e.g. no token configured).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Well-formed, but nothing here can do what it asks.
+    #[error("{0}")]
+    Unprocessable(String),
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -40,6 +46,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

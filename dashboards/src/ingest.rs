@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderMap;
-use fleetmind_schema::{Envelope, SCHEMA_VERSION};
+use fleetmind_schema::{Envelope, SCHEMA_VERSION, decode_envelope};
 use serde_json::{Value, json};
 
 use crate::{ApiError, ApiState};
@@ -20,10 +20,15 @@ pub const MAX_BATCH: usize = 10_000;
 pub(crate) async fn ingest(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Result<Json<Vec<Envelope>>, JsonRejection>,
+    body: Result<Json<Vec<Value>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let Json(envelopes) = body?;
+    let Json(values) = body?;
+    let envelopes = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| decode_envelope(v).map_err(|e| ApiError::BadRequest(format!("[{i}].{e}"))))
+        .collect::<Result<Vec<Envelope>, _>>()?;
     if envelopes.is_empty() {
         return Err(ApiError::BadRequest(
             "empty batch: send at least one record".into(),
@@ -62,28 +67,5 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.agent_tokens.is_empty() {
         return Ok(());
     }
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::Unauthorized("ingest needs an `Authorization: Bearer <token>` header".into())
-        })?;
-    if state
-        .agent_tokens
-        .iter()
-        .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("token not accepted".into()))
-    }
-}
-
-/// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::auth::require_bearer(headers, &state.agent_tokens)
 }

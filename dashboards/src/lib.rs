@@ -3,9 +3,12 @@
 //! [`app`] builds the whole router from an [`ApiState`], separate from any socket, so tests
 //! drive it with `tower::ServiceExt::oneshot` and the daemon serves it with `axum::serve`.
 //! Every error leaves through [`ApiError`], which always answers with a JSON body.
+//! [`agent_app`] is the agent role's small action API, built the same way.
 
 #![forbid(unsafe_code)]
 
+mod agent;
+mod auth;
 mod error;
 mod ingest;
 mod routes;
@@ -18,6 +21,7 @@ use axum::routing::{get, post};
 use fleetmind_engine::{QueryLimits, Store};
 use fleetmind_stream::EventSink;
 
+pub use agent::{AgentApiState, agent_app};
 pub use error::ApiError;
 
 /// Supplies the parts of `/api/v1/health` that only the daemon knows (role, hypervisor,

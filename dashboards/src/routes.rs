@@ -93,6 +93,8 @@ fn query_error(err: &QueryError) -> ApiError {
     let message = err.to_string();
     if matches!(err, QueryError::Timeout { .. }) {
         ApiError::Timeout(message)
+    } else if matches!(err, QueryError::Busy { .. }) {
+        ApiError::Unavailable(message)
     } else if err.is_client_error() {
         ApiError::BadRequest(message)
     } else {

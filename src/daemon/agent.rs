@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use fleetmind_dashboards::{AgentApiState, agent_app};
 use fleetmind_remediation::ExecutorRegistry;
-use fleetmind_schema::{ActionSpec, Envelope, HostSample, Record};
+use fleetmind_schema::{Envelope, HostSample, Record};
 use fleetmind_vmm_probe::KvmStatus;
-use serde_json::{Value, json};
+use reqwest::StatusCode;
+use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -47,12 +45,13 @@ pub(super) async fn run_agent(
         shutdown.clone(),
     ));
 
-    let state = AgentState {
+    let kvm = serde_json::to_value(&kvm).unwrap_or_default();
+    let state = AgentApiState {
         registry: Arc::new(ExecutorRegistry::new(Duration::from_secs(120))),
-        token: config.agent.action_token.clone().map(Arc::from),
-        kvm: serde_json::to_value(&kvm).unwrap_or_default(),
+        action_token: config.agent.action_token.clone().map(Arc::from),
+        status: Arc::new(move || json!({ "hypervisor": kvm })),
     };
-    if state.token.is_none() {
+    if state.action_token.is_none() {
         tracing::warn!("agent.action_token is not set: the action API refuses every action");
     }
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
@@ -64,7 +63,7 @@ pub(super) async fn run_agent(
         config.agent.server_url
     );
     let mut api_shutdown = shutdown.clone();
-    axum::serve(listener, action_api(state))
+    axum::serve(listener, agent_app(state))
         .with_graceful_shutdown(async move {
             let _ = api_shutdown.wait_for(|s| *s).await;
         })
@@ -164,74 +163,4 @@ async fn send_all(
         }
     }
     Ok(())
-}
-
-#[derive(Clone)]
-struct AgentState {
-    registry: Arc<ExecutorRegistry>,
-    token: Option<Arc<str>>,
-    kvm: Value,
-}
-
-fn action_api(state: AgentState) -> Router {
-    Router::new()
-        .route("/agent/v1/health", get(agent_health))
-        .route("/agent/v1/actions", post(execute_action))
-        .with_state(state)
-}
-
-async fn agent_health(State(state): State<AgentState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "role": "agent",
-        "version": env!("CARGO_PKG_VERSION"),
-        "hypervisor": state.kvm,
-        "executors": state.registry.kinds(),
-    }))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> (StatusCode, Json<Value>) {
-    let message = message.into();
-    (
-        status,
-        Json(json!({"error": {"status": status.as_u16(), "message": message}})),
-    )
-}
-
-async fn execute_action(
-    State(state): State<AgentState>,
-    headers: HeaderMap,
-    body: Result<Json<ActionSpec>, axum::extract::rejection::JsonRejection>,
-) -> (StatusCode, Json<Value>) {
-    let Some(expected) = state.token.as_deref() else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "agent.action_token is not set on this agent: actions are refused",
-        );
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_none_or(|p| !constant_time_eq(p.as_bytes(), expected.as_bytes())) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
-    let spec = match body {
-        Ok(Json(spec)) => spec,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
-    };
-    match state.registry.execute(&spec).await {
-        Ok(report) => (StatusCode::OK, Json(json!({"result": report}))),
-        Err(e @ fleetmind_remediation::ExecuteError::NoExecutor { .. }) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-        }
-        Err(e @ fleetmind_remediation::ExecuteError::Timeout { .. }) => {
-            error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
