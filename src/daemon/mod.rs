@@ -213,7 +213,8 @@ async fn run_server(
         let kvm = serde_json::to_value(&kvm).unwrap_or_default();
         let started = std::time::Instant::now();
         Arc::new(move || {
-            json!({
+            let stopped = progress.stopped_reason();
+            let mut status = json!({
                 "role": role.name(),
                 "uptime_s": started.elapsed().as_secs(),
                 "hypervisor": kvm,
@@ -221,8 +222,13 @@ async fn run_server(
                 "engine": {
                     "next_offset": progress.next_offset.load(Ordering::Acquire),
                     "rejected": progress.rejected.load(Ordering::Relaxed),
+                    "ingest_stopped": stopped,
                 },
-            })
+            });
+            if stopped.is_some() {
+                status["status"] = json!("degraded");
+            }
+            status
         })
     };
     let state = ApiState {
