@@ -306,3 +306,87 @@ fn daemon_refuses_to_start_on_bad_config() {
     assert!(stderr.contains("collector.interval"), "{stderr}");
     assert!(!dir.path().join("data").exists());
 }
+
+/// The split roles: an agent collects this host and sends it up to a server (token checked);
+/// the server stores it and answers for it. A wrong token gets nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sends_this_host_to_a_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "agent-token-for-tests-0123";
+    let server_cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &server_cfg,
+        format!("[server]\nagent_tokens = [\"{token}\"]\n"),
+    )
+    .expect("write");
+    let server = common::Daemon::start_role(
+        "server",
+        &dir.path().join("server-data"),
+        &[
+            "--no-collect",
+            "--config",
+            server_cfg.to_str().expect("utf-8 path"),
+        ],
+    );
+    let client = client();
+
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "[collector]\nhost_name = \"agent-host\"\ninterval = \"100ms\"\n\
+             [agent]\nserver_url = \"{}\"\nserver_token = \"{token}\"\nlisten = \"127.0.0.1:0\"\n",
+            server.base
+        ),
+    )
+    .expect("write");
+    let agent = common::Agent::start(&agent_cfg);
+
+    let hosts_url = server.url("/api/v1/hosts");
+    let host = wait_for(
+        "the agent's host on the server",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = get_json(&client, &hosts_url).await;
+            body["hosts"]
+                .as_array()?
+                .iter()
+                .find(|h| h["host"] == "agent-host")
+                .cloned()
+        },
+    )
+    .await;
+    assert!(
+        host["mem"]["total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{host}"
+    );
+
+    // The agent's own action API answers health, and refuses actions: no action token is set.
+    let (status, health) = get_json(&client, &agent.url("/agent/v1/health")).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["role"], "agent");
+    let refused = client
+        .post(agent.url("/agent/v1/actions"))
+        .json(&json!({"action": "notify", "target": {"host": "agent-host", "vm": null}}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 403);
+
+    // A wrong token is refused and nothing of it is stored.
+    let refused = client
+        .post(server.url("/api/v1/ingest"))
+        .bearer_auth("not-the-agent-token-0123")
+        .json(&vec![sample(1, 1)])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 401);
+    let n = count(
+        &client,
+        &server,
+        "select count(*) as n from host_samples where host = 'kill-test'",
+    )
+    .await;
+    assert_eq!(n, 0);
+}

@@ -25,8 +25,13 @@ impl Daemon {
     /// Starts `fleetmind run` on a free loopback port with `data_dir`, and returns once the
     /// daemon has announced its address (it prints it after binding).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_role("run", data_dir, extra)
+    }
+
+    /// Starts `fleetmind <role>` (`run` or `server`) the same way.
+    pub fn start_role(role: &str, data_dir: &Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(bin())
-            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("FLEETMIND_LOG", "warn")
@@ -34,19 +39,7 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn fleetmind");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("daemon exited before announcing its address")
-                .expect("read stdout");
-            if let Some(rest) = line.split("API and dashboard on ").nth(1) {
-                break rest.trim().trim_end_matches('/').to_owned();
-            }
-        };
-        // Keep draining stdout so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let base = announced_url(&mut child, "API and dashboard on ");
         Daemon {
             child,
             base,
@@ -72,6 +65,62 @@ impl Daemon {
             .expect("run kill(1)");
         assert!(status.success(), "kill -TERM failed");
         self.child.wait().expect("wait for exit")
+    }
+}
+
+/// Reads the child's stdout up to the line that announces its address after `marker`, then
+/// keeps draining stdout in the background so the child never blocks on a full pipe.
+fn announced_url(child: &mut Child, marker: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("process exited before announcing its address")
+            .expect("read stdout");
+        if let Some(rest) = line.split(marker).nth(1) {
+            let url = rest
+                .split(['/', ','].as_ref())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("/");
+            break url;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    url
+}
+
+/// A running `fleetmind agent`.
+pub struct Agent {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Agent {
+    /// Starts an agent with `config` and returns once its action API is listening.
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("FLEETMIND_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fleetmind agent");
+        let base = announced_url(&mut child, "action API on ");
+        Agent { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
