@@ -21,6 +21,8 @@
 //! - [`subscribe`]: live tail subscriptions of the embedded log.
 //! - [`bench`](mod@bench): [`bench_log`], the measurement behind `fleetmind bench log`.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod bench;
 pub mod config;

@@ -1,13 +1,24 @@
 //! vmm-probe: fleetmind's own VMM on KVM.
 //!
-//! This crate owns everything that touches `/dev/kvm`. For now it answers the first question
-//! every other part asks: is there a hypervisor here, and which flavour of KVM is it? The
-//! flavour matters because the same guest exits are counted under different KVM statistics
-//! on VMX/SVM hosts and on PVM hosts (where a guest that is not PVM-aware is run by KVM's
-//! instruction emulator); collectors and tests choose which counters to trust from it.
-
-#![forbid(unsafe_code)]
+//! It runs micro-VMs whose guests generate real, controllable load, reads their counters
+//! straight from KVM, and exposes the hooks the remediator uses (pinning, NUMA placement,
+//! ballooning). It is the only crate of the workspace that touches `/dev/kvm`, and the only one
+//! allowed `unsafe` code, confined to the modules that talk to the kernel; every `unsafe` block
+//! carries a `// SAFETY:` comment.
+//!
+//! The KVM flavour matters everywhere here: the same guest exits are counted under different KVM
+//! statistics on VMX/SVM hosts and on PVM hosts (where a guest that is not PVM-aware is run by
+//! KVM's instruction emulator); see [`flavour`].
 
 pub mod flavour;
+pub mod guest;
+pub mod host_facts;
+#[allow(unsafe_code)]
+pub mod placement;
+#[allow(unsafe_code)]
+pub mod stats;
+pub mod test_utils;
+#[allow(unsafe_code)]
+pub mod vstate;
 
 pub use flavour::{KvmFlavour, KvmStatus, detect_kvm};

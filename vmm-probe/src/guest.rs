@@ -1,0 +1,1 @@
+//! Guest programs (assembled with iced-x86) and the guest ABI.

@@ -1,0 +1,1 @@
+//! KVM binary statistics (`KVM_GET_STATS_FD`) for VMs and vCPUs.

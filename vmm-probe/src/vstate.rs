@@ -1,0 +1,1 @@
+//! Wrappers over the KVM file descriptors: the VM, its vCPUs and guest memory.
