@@ -18,6 +18,7 @@ pub mod placement;
 #[allow(unsafe_code)]
 pub mod stats;
 pub mod test_utils;
+pub mod vmm;
 #[allow(unsafe_code)]
 pub mod vstate;
 

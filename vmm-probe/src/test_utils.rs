@@ -10,10 +10,13 @@ use crate::flavour::{KvmStatus, detect_kvm};
 /// named by `FLEETMIND_SKIP_LOG` when that is set (the summary of `scripts/test` lists them).
 pub fn record_skip(test: &str, reason: &str) {
     eprintln!("SKIP {test}: {reason}");
-    if let Some(path) = std::env::var_os("FLEETMIND_SKIP_LOG") {
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(file, "{test}: {reason}");
-        }
+    if let Some(path) = std::env::var_os("FLEETMIND_SKIP_LOG")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "{test}: {reason}");
     }
 }
 

@@ -1,1 +1,0 @@
-//! Guest programs (assembled with iced-x86) and the guest ABI.

@@ -1,1 +1,0 @@
-//! KVM binary statistics (`KVM_GET_STATS_FD`) for VMs and vCPUs.

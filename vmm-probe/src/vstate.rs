@@ -1,1 +1,0 @@
-//! Wrappers over the KVM file descriptors: the VM, its vCPUs and guest memory.
