@@ -37,6 +37,13 @@ pub const CONTROL_GPA: u64 = 0x50000;
 pub const SLOTS_GPA: u64 = 0x51000;
 /// Distance between two vCPU slots.
 pub const SLOT_STRIDE: u64 = 0x80;
+/// The balloon page: the guest agent's report to the VMM (see [`balloon`]).
+pub const BALLOON_GPA: u64 = 0x59000;
+/// The balloon's page-frame buffer: up to [`BALLOON_BATCH_PAGES`] little-endian `u64` PFNs,
+/// the pages of one inflate or deflate report.
+pub const BALLOON_PFNS_GPA: u64 = 0x5A000;
+/// Most pages one balloon report carries (one page of PFNs).
+pub const BALLOON_BATCH_PAGES: u64 = PAGE_SIZE / 8;
 /// Ring-0 stacks, one per vCPU, [`STACK_SIZE`] each (the top of stack `i` is the bottom of
 /// stack `i + 1`).
 pub const KERNEL_STACKS_GPA: u64 = 0x60000;
@@ -88,6 +95,12 @@ pub mod port {
     pub const EXCEPTION: u16 = 0xF2;
     /// Written once the `io_burst` workload has done its count.
     pub const DONE: u16 = 0xF3;
+    /// 32-bit value: the guest put that many pages into its balloon; their PFNs are in the
+    /// buffer at [`super::BALLOON_PFNS_GPA`]. The VMM releases them.
+    pub const BALLOON_INFLATE: u16 = 0xF4;
+    /// 32-bit value: the guest took that many pages back out of its balloon (PFNs in the
+    /// buffer); it has already written to them.
+    pub const BALLOON_DEFLATE: u16 = 0xF5;
     /// Target of the `io` workload's storm (and of `io_burst`).
     pub const WORKLOAD_IO: u16 = 0xF8;
 }
@@ -130,6 +143,20 @@ pub mod control {
     pub const CRASH_KIND: u64 = 0x70;
     /// `u32`: burst mode: port writes to do back to back.
     pub const BURST_COUNT: u64 = 0x74;
+    /// Bytes of guest RAM.
+    pub const MEM_BYTES: u64 = 0x78;
+    /// Pages the VMM asks the guest to hold in its balloon.
+    pub const BALLOON_TARGET_PAGES: u64 = 0x80;
+}
+
+/// Offsets in the balloon page. All fields are little-endian `u64` written by vCPU 0's agent.
+pub mod balloon {
+    /// Pages the guest holds in its balloon (given to the VMM).
+    pub const HELD_PAGES: u64 = 0x00;
+    /// Pages the guest has free: above its working set and not in the balloon.
+    pub const FREE_PAGES: u64 = 0x08;
+    /// PFNs in the buffer for the current report.
+    pub const BATCH: u64 = 0x10;
 }
 
 /// Offsets in a vCPU slot. All fields are little-endian `u64` written by the guest.
@@ -264,6 +291,8 @@ mod tests {
             (PDPT_GPA, PAGE_SIZE),
             (PD_GPA, MAX_PAGE_DIRECTORIES * PAGE_SIZE),
             (CONTROL_GPA, PAGE_SIZE),
+            (BALLOON_GPA, PAGE_SIZE),
+            (BALLOON_PFNS_GPA, BALLOON_BATCH_PAGES * 8),
             (SLOTS_GPA, u64::from(MAX_VCPUS) * SLOT_STRIDE),
             (KERNEL_STACKS_GPA, u64::from(MAX_VCPUS) * STACK_SIZE),
             (USER_STACKS_GPA, u64::from(MAX_VCPUS) * STACK_SIZE),

@@ -22,6 +22,8 @@
 //! | `0x1_0000` | ≤ 256 KiB | page directories: 2 MiB pages, present + writable + user, covering RAM and the MMIO page, at most 64 GiB |
 //! | `0x5_0000` | 4 KiB | **control page** (VMM → guest) |
 //! | `0x5_1000` | 32 KiB | **vCPU slots** (guest → VMM), `0x80` apart |
+//! | `0x5_9000` | 4 KiB | **balloon page** (guest → VMM) |
+//! | `0x5_A000` | 4 KiB | **balloon PFN buffer**: up to 512 `u64` page frames per report |
 //! | `0x6_0000` | 128 KiB | ring-0 stacks, 512 bytes per vCPU |
 //! | `0x8_0000` | 128 KiB | ring-3 stacks, 512 bytes per vCPU |
 //! | `0xA_0000` | ≤ 384 KiB | the program |
@@ -45,6 +47,8 @@
 //! | `0xF1` | u32 µs | paravirtual sleep: the next `hlt` sleeps this long |
 //! | `0xF2` | u32 vector | the guest took an exception; vector, error code, RIP and CR2 are in the slot; the VM is failed |
 //! | `0xF3` | any | the `io_burst` workload finished its burst |
+//! | `0xF4` | u32 count | balloon inflate: the guest gave up the pages listed in the PFN buffer |
+//! | `0xF5` | u32 count | balloon deflate: the guest took back the pages listed in the PFN buffer |
 //! | `0xF8` | any | the `io` load's target |
 //!
 //! A `hlt` without a pending sleep request sleeps until the vCPU's next tick boundary (every
@@ -73,12 +77,26 @@
 //! | `0x68` | u64 | crash: ticks before crashing |
 //! | `0x70` | u32 | crash: 0 triple fault, 1 exception |
 //! | `0x74` | u32 | burst: port writes |
+//! | `0x78` | u64 | bytes of RAM |
+//! | `0x80` | u64 | balloon target, pages |
 //!
 //! ## vCPU slot (u64 fields, written by the guest)
 //!
 //! `0x00` ticks, `0x08` compute blocks, `0x10` port writes, `0x18` MMIO writes, `0x20` pages
 //! dirtied, `0x28..0x48` guest-private accumulators and cursor, `0x48` burst done,
 //! `0x50` exception vector, `0x58` error code, `0x60` RIP, `0x68` CR2, `0x70` 16 zero bytes.
+//!
+//! ## Balloon page (u64 fields, written by vCPU 0)
+//!
+//! `0x00` pages held in the balloon, `0x08` pages free (above the working set, not in the
+//! balloon), `0x10` PFNs in the buffer for the current report.
+//!
+//! At the top of each tick vCPU 0 runs the balloon agent: it moves the balloon up to 512
+//! pages towards `min(target, free memory)`, always holding the topmost pages of RAM, lists
+//! the pages it moved in the PFN buffer, updates the balloon page and reports on `0xF4` or
+//! `0xF5`. It never touches a page it gave up; it writes to each page it takes back. The VMM
+//! releases given-up pages with `MADV_DONTNEED` and ignores frames it did not expect (see
+//! [`crate::vmm`]'s balloon module).
 //!
 //! ## Paced tick
 //!

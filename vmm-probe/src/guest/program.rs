@@ -14,11 +14,11 @@
 
 use iced_x86::code_asm::{
     AsmRegister64, CodeAssembler, CodeLabel, al, cr2, dword_ptr, eax, ecx, esi, ptr, qword_ptr, r8,
-    r9, r13, r14, r15, rax, rbx, rcx, rdi, rdx, rsi, rsp,
+    r9, r10, r11, r13, r14, r15, rax, rbx, rcx, rdi, rdx, rsi, rsp,
 };
 use iced_x86::{BlockEncoderOptions, IcedError};
 
-use super::layout::{self, control, crash, mode, port, selector, slot};
+use super::layout::{self, balloon, control, crash, mode, port, selector, slot};
 use super::tables::HandlerAddresses;
 
 /// Vectors for which the CPU pushes an error code.
@@ -67,6 +67,7 @@ struct Labels {
     user_spin: CodeLabel,
     yield_entry: CodeLabel,
     exception_common: CodeLabel,
+    balloon_agent: CodeLabel,
 }
 
 /// Assembles the guest program.
@@ -93,6 +94,7 @@ pub fn build() -> Result<Program, BuildProgramError> {
         user_spin: a.create_label(),
         yield_entry: a.create_label(),
         exception_common: a.create_label(),
+        balloon_agent: a.create_label(),
     };
     let mut entry = a.create_label();
     a.set_label(&mut entry)?;
@@ -110,6 +112,7 @@ pub fn build() -> Result<Program, BuildProgramError> {
     spin_kernel(&mut a, &mut l)?;
     spin_user(&mut a, &mut l)?;
     user_work(&mut a, &mut l)?;
+    balloon_agent(&mut a, &mut l)?;
     // int3 from ring 3: drop the 5-word frame (int3 pushes no error code) and finish the tick.
     a.set_label(&mut l.yield_entry)?;
     a.add(rsp, 40)?;
@@ -139,10 +142,15 @@ pub fn build() -> Result<Program, BuildProgramError> {
     Ok(program)
 }
 
-/// Top of the tick loop: branch on the mode; the end of a tick counts it and halts until the
-/// VMM's next tick boundary.
+/// Top of the tick loop: vCPU 0 runs the balloon agent, then every vCPU branches on the mode;
+/// the end of a tick counts it and halts until the VMM's next tick boundary.
 fn dispatch(a: &mut CodeAssembler, l: &mut Labels) -> Result<(), IcedError> {
     a.set_label(&mut l.tick)?;
+    let mut not_first = a.create_label();
+    a.test(r13, r13)?;
+    a.jnz(not_first)?;
+    a.call(l.balloon_agent)?;
+    a.set_label(&mut not_first)?;
     a.mov(eax, dword_ptr(r14 + off(control::MODE)))?;
     for (value, target) in [
         (mode::PACED, l.paced),
@@ -383,6 +391,123 @@ fn user_work(a: &mut CodeAssembler, l: &mut Labels) -> Result<(), IcedError> {
     a.jb(compute_loop)?;
     a.set_label(&mut done)?;
     a.int3()?;
+    Ok(())
+}
+
+/// The balloon agent (vCPU 0, ring 0, once per tick; clobbers `rax`..`r11`).
+///
+/// The guest's free memory is RAM above its working set. The balloon holds the top of it: page
+/// `top - 1` first, then downwards, so the held pages are always `top - held .. top`. Each
+/// tick the agent moves at most [`layout::BALLOON_BATCH_PAGES`] towards
+/// `min(target, free memory)`: inflating, it lists the pages it gives up in the PFN buffer and
+/// reports them on [`port::BALLOON_INFLATE`], after which it never touches them; deflating, it
+/// takes the lowest held pages back, writes a free-list link into each (as a guest kernel's
+/// allocator would) and reports them on [`port::BALLOON_DEFLATE`]. A working set that grows
+/// into the balloon shrinks the balloon first (the guest needs the memory back).
+fn balloon_agent(a: &mut CodeAssembler, l: &mut Labels) -> Result<(), IcedError> {
+    let page_shift = layout::PAGE_SIZE.trailing_zeros();
+    a.set_label(&mut l.balloon_agent)?;
+    let mut have_free = a.create_label();
+    let mut target_ok = a.create_label();
+    let mut inflate = a.create_label();
+    let mut inflate_loop = a.create_label();
+    let mut deflate = a.create_label();
+    let mut deflate_loop = a.create_label();
+    let mut report = a.create_label();
+    // Free memory as the guest sees it, r10 - held or 0, written before each report so the VMM
+    // never sees a balloon size and a stale free figure.
+    let write_free = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        let mut positive = a.create_label();
+        a.mov(rax, r10)?;
+        a.sub(rax, r11)?;
+        a.jae(positive)?;
+        a.xor(eax, eax)?;
+        a.set_label(&mut positive)?;
+        a.mov(qword_ptr(rdi + off(balloon::FREE_PAGES)), rax)?;
+        Ok(())
+    };
+    // r8 = top PFN (end of RAM).
+    a.mov(r8, qword_ptr(r14 + off(control::MEM_BYTES)))?;
+    a.shr(r8, page_shift)?;
+    // r9 = first PFN above the working set.
+    a.mov(r9, qword_ptr(r14 + off(control::WS_PART_PAGES)))?;
+    a.mov(eax, dword_ptr(r14 + off(control::VCPUS)))?;
+    a.imul_2(r9, rax)?;
+    a.mov(rax, qword_ptr(r14 + off(control::WS_BASE)))?;
+    a.shr(rax, page_shift)?;
+    a.add(r9, rax)?;
+    // r10 = pages the balloon may hold: top - r9, or 0.
+    a.mov(r10, r8)?;
+    a.sub(r10, r9)?;
+    a.jae(have_free)?;
+    a.xor(r10, r10)?;
+    a.set_label(&mut have_free)?;
+    // rdx = target, capped at r10; r11 = held; rdi = balloon page; rsi = PFN buffer.
+    a.mov(rdx, qword_ptr(r14 + off(control::BALLOON_TARGET_PAGES)))?;
+    a.cmp(rdx, r10)?;
+    a.jbe(target_ok)?;
+    a.mov(rdx, r10)?;
+    a.set_label(&mut target_ok)?;
+    a.mov(rdi, layout::BALLOON_GPA)?;
+    a.mov(rsi, layout::BALLOON_PFNS_GPA)?;
+    a.mov(r11, qword_ptr(rdi + off(balloon::HELD_PAGES)))?;
+    a.cmp(r11, rdx)?;
+    a.jb(inflate)?;
+    a.ja(deflate)?;
+    a.jmp(report)?;
+    let batch = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        // rcx = min(rcx, batch size); record it; rax = 0 (the buffer index).
+        let mut small = a.create_label();
+        a.cmp(rcx, imm(layout::BALLOON_BATCH_PAGES))?;
+        a.jbe(small)?;
+        a.mov(ecx, imm(layout::BALLOON_BATCH_PAGES))?;
+        a.set_label(&mut small)?;
+        a.mov(qword_ptr(rdi + off(balloon::BATCH)), rcx)?;
+        a.xor(eax, eax)?;
+        Ok(())
+    };
+    // Inflate: give up pages top - held - 1, top - held - 2, ...
+    a.set_label(&mut inflate)?;
+    a.mov(rcx, rdx)?;
+    a.sub(rcx, r11)?;
+    batch(a)?;
+    a.set_label(&mut inflate_loop)?;
+    a.mov(rdx, r8)?;
+    a.sub(rdx, r11)?;
+    a.dec(rdx)?;
+    a.mov(qword_ptr(rsi + rax * 8), rdx)?;
+    a.inc(r11)?;
+    a.inc(rax)?;
+    a.cmp(rax, rcx)?;
+    a.jb(inflate_loop)?;
+    a.mov(qword_ptr(rdi + off(balloon::HELD_PAGES)), r11)?;
+    write_free(a)?;
+    a.mov(eax, ecx)?;
+    a.out(i32::from(port::BALLOON_INFLATE), eax)?;
+    a.ret()?;
+    // Deflate: take back pages top - held, top - held + 1, ..., linking each into the free list.
+    a.set_label(&mut deflate)?;
+    a.mov(rcx, r11)?;
+    a.sub(rcx, rdx)?;
+    batch(a)?;
+    a.set_label(&mut deflate_loop)?;
+    a.mov(rdx, r8)?;
+    a.sub(rdx, r11)?;
+    a.mov(qword_ptr(rsi + rax * 8), rdx)?;
+    a.shl(rdx, page_shift)?;
+    a.mov(qword_ptr(rdx), rdx)?;
+    a.dec(r11)?;
+    a.inc(rax)?;
+    a.cmp(rax, rcx)?;
+    a.jb(deflate_loop)?;
+    a.mov(qword_ptr(rdi + off(balloon::HELD_PAGES)), r11)?;
+    write_free(a)?;
+    a.mov(eax, ecx)?;
+    a.out(i32::from(port::BALLOON_DEFLATE), eax)?;
+    a.ret()?;
+    a.set_label(&mut report)?;
+    write_free(a)?;
+    a.ret()?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::balloon::BalloonStatus;
 use super::spec::VmSpec;
 use super::state::{ExitCounts, FailureReason, Request, VmShared, VmState};
 use crate::guest::layout::{self, control, slot};
@@ -112,6 +113,22 @@ pub enum SetMixError {
     /// A weight above 100.
     #[error("mix is invalid")]
     Mix(#[source] WorkloadError),
+    /// Writing the control page failed.
+    #[error("writing the control page failed")]
+    Control(#[source] GuestAccessError),
+}
+
+/// `set_balloon` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetBalloonError {
+    /// More than the guest has above its first MiB.
+    #[error("target_mib must be at most {max_mib} for {mem_mib} MiB of guest memory")]
+    Target {
+        /// The largest valid target.
+        max_mib: u32,
+        /// The VM's memory.
+        mem_mib: u32,
+    },
     /// Writing the control page failed.
     #[error("writing the control page failed")]
     Control(#[source] GuestAccessError),
@@ -354,6 +371,36 @@ impl VmHandle {
             _ => return Err(SetMixError::NotPhased { kind }),
         }
         self.apply(&spec).map_err(SetMixError::Control)
+    }
+
+    /// Asks the guest to hold `target_mib` in its balloon. The guest moves towards it by up to
+    /// 2 MiB per tick (200 MiB/s), taking only memory above its working set; the pages it gives
+    /// up leave the VMM process's resident memory. 0 deflates fully.
+    ///
+    /// # Errors
+    ///
+    /// [`SetBalloonError::Target`] above the guest's memory less its first MiB.
+    pub fn set_balloon(&self, target_mib: u32) -> Result<(), SetBalloonError> {
+        let mem_mib = lock(&self.spec).mem_mib;
+        let max_mib = mem_mib.saturating_sub((layout::WORKING_SET_GPA >> 20) as u32);
+        if target_mib > max_mib {
+            return Err(SetBalloonError::Target { max_mib, mem_mib });
+        }
+        let memory = self.shared.vm.memory();
+        let mut balloon = self.shared.balloon();
+        balloon.set_target(target_mib);
+        let pages = (u64::from(target_mib) << 20) / layout::PAGE_SIZE;
+        memory
+            .write_u64(layout::CONTROL_GPA + control::BALLOON_TARGET_PAGES, pages)
+            .map_err(SetBalloonError::Control)?;
+        tracing::info!(vm = self.id, target_mib, "balloon target set");
+        Ok(())
+    }
+
+    /// The balloon's target, what it holds, and the guest's free memory.
+    #[must_use]
+    pub fn balloon(&self) -> BalloonStatus {
+        self.shared.balloon().status(self.shared.vm.memory())
     }
 
     /// Kernel thread id of each vCPU thread, by vCPU index.

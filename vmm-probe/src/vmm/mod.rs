@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod balloon;
 mod handle;
 mod runner;
 mod spec;
@@ -36,9 +37,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use balloon::BalloonStatus;
 pub use handle::{
-    GuestCounters, PauseError, ResumeError, SetLevelError, SetMixError, SetWorkloadError,
-    StartError, VmHandle,
+    GuestCounters, PauseError, ResumeError, SetBalloonError, SetLevelError, SetMixError,
+    SetWorkloadError, StartError, VmHandle,
 };
 pub use spec::{Limits, VmSpec, VmSpecError, mem_available_mib, parse_mem_available_mib};
 pub use state::{ExitCounts, FailureReason, VmState};
@@ -285,6 +287,7 @@ impl Vmm {
         memory.write_u32(c + control::VCPUS, vcpus)?;
         memory.write_u64(c + control::MMIO_GPA, layout::mmio_gpa(mem_bytes))?;
         memory.write_u64(c + control::WS_BASE, layout::WORKING_SET_GPA)?;
+        memory.write_u64(c + control::MEM_BYTES, mem_bytes)?;
         Ok(())
     }
 }

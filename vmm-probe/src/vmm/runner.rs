@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
 
+use super::balloon::Direction;
 use super::state::{ExitKind, FailureReason, Request, VmShared};
 use crate::guest::layout::{self, port, slot};
 use crate::vstate::Vcpu;
@@ -256,6 +257,17 @@ fn handle_port_write(
         port::EXCEPTION => Action::Fail(exception_report(shared, index, value)),
         port::DONE => {
             let _ = shared.burst_done.set(Instant::now());
+            Action::Continue
+        }
+        port::BALLOON_INFLATE | port::BALLOON_DEFLATE => {
+            let direction = if port_number == port::BALLOON_INFLATE {
+                Direction::Inflate
+            } else {
+                Direction::Deflate
+            };
+            shared
+                .balloon()
+                .report(shared.vm.memory(), direction, value);
             Action::Continue
         }
         _ => Action::Continue,

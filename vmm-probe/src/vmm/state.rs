@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::balloon::BalloonState;
 use crate::vstate::{VcpuKicker, Vm};
 
 /// Where a VM is in its life.
@@ -262,6 +263,7 @@ pub(super) struct VmShared {
     pub(super) created_at: Instant,
     pub(super) first_instruction: OnceLock<Instant>,
     pub(super) burst_done: OnceLock<Instant>,
+    pub(super) balloon: Mutex<BalloonState>,
 }
 
 impl VmShared {
@@ -281,7 +283,12 @@ impl VmShared {
             created_at,
             first_instruction: OnceLock::new(),
             burst_done: OnceLock::new(),
+            balloon: Mutex::new(BalloonState::default()),
         }
+    }
+
+    pub(super) fn balloon(&self) -> MutexGuard<'_, BalloonState> {
+        self.balloon.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Control> {

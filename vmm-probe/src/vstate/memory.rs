@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::guest::layout::PAGE_SIZE;
+
 /// Host virtual address range backing a VM's guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HostRange {
@@ -192,6 +194,38 @@ impl GuestMemory {
         Ok(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(start).cast()) })
     }
 
+    /// Gives the host pages of `gpa..gpa + len` back to the kernel (`MADV_DONTNEED`): the
+    /// process's resident memory drops, and the guest reads zeros there until it writes again,
+    /// which faults in fresh pages. For the balloon.
+    ///
+    /// # Errors
+    ///
+    /// [`DiscardError::Range`] if the range is outside guest memory, [`DiscardError::Unaligned`]
+    /// if it is not whole pages;
+    /// [`DiscardError::Madvise`] if the kernel refuses.
+    pub fn discard(&self, gpa: u64, len: usize) -> Result<(), DiscardError> {
+        let start = self.offset(gpa, len)?;
+        let page = PAGE_SIZE as usize;
+        if !start.is_multiple_of(page) || !len.is_multiple_of(page) {
+            return Err(DiscardError::Unaligned { gpa, len });
+        }
+        // SAFETY: the range lies inside the private anonymous mapping owned by `self` (checked
+        // above); MADV_DONTNEED only replaces its pages with zero-fill-on-demand ones, which
+        // neither unmaps memory nor invalidates references (the guest and the atomics see
+        // zeros, which every reader of guest memory already tolerates).
+        let rc = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(start).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(DiscardError::Madvise(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Reads the `u64` at `gpa` (acquire).
     ///
     /// # Errors
@@ -220,6 +254,25 @@ impl GuestMemory {
         self.atomic_u32(gpa)?.store(value, Ordering::Release);
         Ok(())
     }
+}
+
+/// [`GuestMemory::discard`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    /// Outside guest memory.
+    #[error("discard range is outside guest memory")]
+    Range(#[from] GuestAccessError),
+    /// Not whole pages.
+    #[error("discard range {gpa:#x}+{len:#x} is not page-aligned")]
+    Unaligned {
+        /// Start.
+        gpa: u64,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// `madvise` failed.
+    #[error("madvise(MADV_DONTNEED) failed")]
+    Madvise(#[source] io::Error),
 }
 
 impl Drop for GuestMemory {
@@ -270,6 +323,24 @@ mod tests {
             mem.read_u64(4),
             Err(GuestAccessError::Misaligned { gpa: 4, align: 8 })
         );
+    }
+
+    #[test]
+    fn discard_zeroes_pages_and_checks_the_range() {
+        let mem = GuestMemory::new(4 * 4096).unwrap();
+        mem.write_u64(4096, 7).unwrap();
+        mem.write_u64(8192, 9).unwrap();
+        mem.discard(4096, 4096).unwrap();
+        assert_eq!(mem.read_u64(4096).unwrap(), 0);
+        assert_eq!(mem.read_u64(8192).unwrap(), 9);
+        assert!(matches!(
+            mem.discard(4096, 100),
+            Err(DiscardError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            mem.discard(3 * 4096, 8192),
+            Err(DiscardError::Range(_))
+        ));
     }
 
     #[test]

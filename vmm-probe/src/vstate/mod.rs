@@ -13,6 +13,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use kvm::{KvmContext, OpenKvmError};
-pub use memory::{GuestAccessError, GuestMemory, HostRange, MapMemoryError};
+pub use memory::{DiscardError, GuestAccessError, GuestMemory, HostRange, MapMemoryError};
 pub use vcpu::{BootRegisters, DescriptorTable, Segment, Vcpu, VcpuKicker};
 pub use vm::Vm;
