@@ -10,6 +10,7 @@
 //! statistics on VMX/SVM hosts and on PVM hosts (where a guest that is not PVM-aware is run by
 //! KVM's instruction emulator); see [`flavour`].
 
+pub mod control;
 pub mod flavour;
 pub mod guest;
 pub mod host_facts;

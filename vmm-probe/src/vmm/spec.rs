@@ -13,7 +13,7 @@ use crate::guest::{Workload, WorkloadError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
-    /// Name for operators; not necessarily unique (the VM id is).
+    /// Name for operators; the control API keys VMs by it, so it is unique per VMM host.
     pub name: String,
     /// vCPUs, each run by its own thread.
     pub vcpus: u32,

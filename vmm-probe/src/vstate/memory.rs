@@ -1,8 +1,8 @@
 //! Guest memory: one anonymous host mapping, registered with KVM as memory slot 0.
 //!
 //! The mapping is `MAP_NORESERVE`, so a VM costs host memory only for the pages its guest
-//! touches, and its host address range is public ([`GuestMemory::host_range`]) so the NUMA and
-//! balloon hooks can `madvise`/`mbind` it. Every access from the VMM is bounds-checked and
+//! touches; a guard page on each side makes it a VMA of its own. Its host address range is
+//! public ([`GuestMemory::host_range`]) so the NUMA and balloon hooks can `madvise`/`mbind` it. Every access from the VMM is bounds-checked and
 //! volatile or atomic, because the guest writes the same memory concurrently.
 
 use std::io;
@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::guest::layout::PAGE_SIZE;
+
+/// Inaccessible bytes on each side of guest memory. They catch VMM overruns, and they keep the
+/// kernel from merging two VMs' guest memory into one VMA, which would blur per-VM residency
+/// in `numa_maps`.
+const GUARD_BYTES: usize = PAGE_SIZE as usize;
 
 /// Host virtual address range backing a VM's guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,7 +76,8 @@ pub enum GuestAccessError {
 }
 
 impl GuestMemory {
-    /// Maps `len` bytes of anonymous, private, `MAP_NORESERVE` memory.
+    /// Maps `len` bytes of anonymous, private, `MAP_NORESERVE` memory between two guard
+    /// pages.
     ///
     /// # Errors
     ///
@@ -81,22 +87,33 @@ impl GuestMemory {
         if len == 0 || !len.is_multiple_of(4096) {
             return Err(MapMemoryError::Size(len));
         }
+        let total = len + 2 * GUARD_BYTES;
         // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; no existing
         // memory is affected. The result is checked below.
-        let addr = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                total,
+                libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(MapMemoryError::Mmap(io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(addr.cast::<u8>())
+        // SAFETY: `base + GUARD_BYTES .. + len` lies inside the mapping just made.
+        let addr = unsafe { base.cast::<u8>().add(GUARD_BYTES) };
+        // SAFETY: changes the protection of the middle of our own fresh mapping only.
+        let rc = unsafe { libc::mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            // SAFETY: unmaps exactly the mapping made above, which nothing references yet.
+            unsafe { libc::munmap(base, total) };
+            return Err(MapMemoryError::Mmap(error));
+        }
+        let ptr = NonNull::new(addr)
             .ok_or_else(|| MapMemoryError::Mmap(io::Error::other("mmap returned NULL")))?;
         Ok(Self { ptr, len })
     }
@@ -277,9 +294,14 @@ pub enum DiscardError {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; no reference into it outlives
-        // `self` (atomics borrow `self`).
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: unmaps exactly the mapping created in `new`, guard pages included; no
+        // reference into it outlives `self` (atomics borrow `self`).
+        let rc = unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().sub(GUARD_BYTES).cast(),
+                self.len + 2 * GUARD_BYTES,
+            )
+        };
         if rc != 0 {
             tracing::error!(
                 error = %io::Error::last_os_error(),
