@@ -3,7 +3,8 @@
 //! [`app`] builds the whole router from an [`ApiState`], separate from any socket, so tests
 //! drive it with `tower::ServiceExt::oneshot` and the daemon serves it with `axum::serve`.
 //! Every error leaves through [`ApiError`], which always answers with a JSON body.
-//! [`agent_app`] is the agent role's small action API, built the same way.
+//! [`agent_app`] is the agent role's small action API, and [`vmm_app`] the built-in VMM's
+//! control API, built the same way.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ mod auth;
 mod error;
 mod ingest;
 mod routes;
+mod vmm;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use fleetmind_stream::EventSink;
 
 pub use agent::{AgentApiState, agent_app};
 pub use error::ApiError;
+pub use vmm::{VMM_ROUTES, vmm_app};
 
 /// Supplies the parts of `/api/v1/health` that only the daemon knows (role, hypervisor,
 /// stream and ingest progress) as a JSON object merged into the response.
