@@ -24,6 +24,12 @@ pub enum Command {
     Agent(DaemonArgs),
     /// Central role: event log, engine, API and dashboard; receives records from agents.
     Server(DaemonArgs),
+    /// One built-in VMM host: runs micro-VMs on /dev/kvm and serves their control API on a
+    /// Unix socket (`fleetmind run` starts these for its demo fleet).
+    Vmm(VmmArgs),
+    /// Control the built-in VMM's VMs: list, create, delete, set levels, read stats, pin,
+    /// move memory, balloon.
+    Vm(VmArgs),
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -50,6 +56,149 @@ pub struct DaemonArgs {
     /// Do not run the host collector (a server that only receives from agents).
     #[arg(long)]
     pub no_collect: bool,
+    /// Do not start the demo fleet (overrides `vmm.demo`).
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+/// Where the VMM hosts' sockets are: the same resolution as the daemon's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SocketDirArgs {
+    /// TOML config file (for `data_dir` and `vmm.socket_dir`).
+    #[arg(short, long, env = "FLEETMIND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, env = "FLEETMIND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Flags of `fleetmind vmm`.
+#[derive(Debug, Clone, Args)]
+pub struct VmmArgs {
+    /// The host name this VMM plays; its socket is `<socket dir>/<name>.sock`.
+    #[arg(long, default_value = "vmm-1")]
+    pub name: String,
+    /// Control socket path (overrides the socket directory).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Create the demo fleet on this host and drive its daily pattern.
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo: this host's index (shifts the pattern, names the VMs).
+    #[arg(long, default_value_t = 0)]
+    pub demo_index: u32,
+    /// Demo: VMs on this host.
+    #[arg(long, default_value_t = 4)]
+    pub demo_vms: u32,
+    /// Demo: wall time of one simulated day.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub day_length: std::time::Duration,
+    /// Shut down when standard input closes (how `fleetmind run` ties its VMM hosts to
+    /// itself, even when it is killed).
+    #[arg(long)]
+    pub exit_with_stdin: bool,
+    /// Where the sockets live.
+    #[command(flatten)]
+    pub dirs: SocketDirArgs,
+}
+
+/// `fleetmind vm ...`
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// The VMM host to talk to, by name; by default every host in the socket directory (VM
+    /// commands find the host that has the VM).
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// A VMM host's control socket, instead of `--host`.
+    #[arg(long, global = true, conflicts_with = "host")]
+    pub socket: Option<PathBuf>,
+    /// Where the sockets live.
+    #[command(flatten)]
+    pub dirs: SocketDirArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+/// VM commands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// The VMM hosts: name, hypervisor, VM count.
+    Hosts,
+    /// Every VM of every host (or of `--host`).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create and start a VM from a JSON spec: inline (`{...}`), a file, or `-` for stdin.
+    /// Example: `{"name":"web-9","vcpus":1,"mem_mib":64,"workload":{"kind":"cpu"},"level":30}`.
+    Create {
+        /// The spec.
+        spec: String,
+    },
+    /// One VM.
+    Show {
+        /// VM name.
+        name: String,
+    },
+    /// Stop a VM and remove it.
+    Delete {
+        /// VM name.
+        name: String,
+    },
+    /// Pause a VM.
+    Pause {
+        /// VM name.
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// VM name.
+        name: String,
+    },
+    /// Set a VM's load level, 0 to 100.
+    Level {
+        /// VM name.
+        name: String,
+        /// The level.
+        level: u8,
+    },
+    /// Replace a VM's workload (JSON, e.g. `{"kind":"io","rate_per_s":2000}`).
+    Workload {
+        /// VM name.
+        name: String,
+        /// The workload.
+        workload: String,
+    },
+    /// A VM's stats: exits, guest counters, KVM's counters, threads, memory, balloon.
+    Stats {
+        /// VM name.
+        name: String,
+    },
+    /// Pin a vCPU to host CPUs (a list like `1` or `0-1,3`).
+    Pin {
+        /// VM name.
+        name: String,
+        /// vCPU index.
+        vcpu: u32,
+        /// Host CPUs.
+        cpus: String,
+    },
+    /// Bind a VM's memory to a NUMA node and move what is resident.
+    MoveMemory {
+        /// VM name.
+        name: String,
+        /// Target node.
+        node: u32,
+    },
+    /// Show a VM's balloon, or set its target in MiB.
+    Balloon {
+        /// VM name.
+        name: String,
+        /// New target, MiB.
+        target_mib: Option<u32>,
+    },
 }
 
 /// `fleetmind config ...`

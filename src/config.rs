@@ -32,6 +32,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Settings of the `server` role.
     pub server: ServerConfig,
+    /// The built-in VMM and its demo fleet.
+    pub vmm: VmmConfig,
 }
 
 /// `[api]`
@@ -200,6 +202,36 @@ pub struct ServerConfig {
     pub agent_tokens: Vec<String>,
 }
 
+/// `[vmm]`: the built-in VMM hosts and the demo fleet `fleetmind run` starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmmConfig {
+    /// Start the demo fleet with `fleetmind run` (needs `/dev/kvm`; `--no-demo` overrides).
+    /// Default true.
+    pub demo: bool,
+    /// VMM host processes of the demo fleet. Default 2.
+    pub demo_hosts: u32,
+    /// VMs on each demo host. Default 4.
+    pub demo_vms_per_host: u32,
+    /// Wall time of one simulated day of the demo's load pattern. Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub demo_day_length: Duration,
+    /// Directory of the VMM hosts' control sockets. Default `data_dir/vmm`.
+    pub socket_dir: Option<PathBuf>,
+}
+
+impl Default for VmmConfig {
+    fn default() -> Self {
+        Self {
+            demo: true,
+            demo_hosts: 2,
+            demo_vms_per_host: 4,
+            demo_day_length: Duration::from_secs(600),
+            socket_dir: None,
+        }
+    }
+}
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -309,7 +341,33 @@ impl Config {
         {
             return invalid("agent.server_url", "must start with http:// or https://");
         }
+        if !(1..=16).contains(&self.vmm.demo_hosts) {
+            return invalid("vmm.demo_hosts", "must be between 1 and 16");
+        }
+        if self.vmm.demo_vms_per_host > 64 {
+            return invalid("vmm.demo_vms_per_host", "must be at most 64");
+        }
+        if self.vmm.demo_day_length < Duration::from_secs(10) {
+            return invalid("vmm.demo_day_length", "must be at least 10s");
+        }
+        // sun_path holds 108 bytes with the terminating NUL; leave room for a host's file name.
+        let longest = self.vmm_socket_dir().join("demo-host-16.sock");
+        if longest.as_os_str().len() > 107 {
+            return invalid(
+                "vmm.socket_dir",
+                "is too long for a Unix socket path (at most about 90 bytes); set a shorter one",
+            );
+        }
         Ok(())
+    }
+
+    /// Where the VMM hosts' control sockets live.
+    #[must_use]
+    pub fn vmm_socket_dir(&self) -> PathBuf {
+        self.vmm
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("vmm"))
     }
 
     /// The data directory, with its default.
@@ -409,5 +467,12 @@ mod tests {
         assert!(err.to_string().contains("api.listen"), "{err}");
         let err = parse("[server]\nagent_tokens = [\"short\"]\n").expect_err("short token");
         assert!(err.to_string().contains("server.agent_tokens"), "{err}");
+        let err = parse("[vmm]\ndemo_hosts = 0\n").expect_err("no hosts");
+        assert!(err.to_string().contains("vmm.demo_hosts"), "{err}");
+        let err = parse("[vmm]\ndemo_day_length = \"1s\"\n").expect_err("short day");
+        assert!(err.to_string().contains("vmm.demo_day_length"), "{err}");
+        let long = format!("[vmm]\nsocket_dir = \"/{}\"\n", "d".repeat(120));
+        let err = parse(&long).expect_err("long socket dir");
+        assert!(err.to_string().contains("vmm.socket_dir"), "{err}");
     }
 }

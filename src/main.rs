@@ -7,6 +7,8 @@ mod bench;
 mod cli;
 mod config;
 mod daemon;
+mod vm_cli;
+mod vmm_host;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => block_on(daemon::run(daemon::Role::Run, args)),
         Command::Agent(args) => block_on(daemon::run(daemon::Role::Agent, args)),
         Command::Server(args) => block_on(daemon::run(daemon::Role::Server, args)),
+        Command::Vmm(args) => block_on(vmm_host::run(args)),
+        Command::Vm(args) => block_on(vm_cli::run(args)),
         Command::Config(ConfigCommand::Check { file }) => {
             config::Config::load(&file)?;
             println!("{}: ok", file.display());

@@ -6,6 +6,7 @@
 
 mod agent;
 mod pipeline;
+mod vmm_hosts;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -86,7 +87,10 @@ pub async fn run(role: Role, args: DaemonArgs) -> anyhow::Result<()> {
     }
     match role {
         Role::Agent => agent::run_agent(config, kvm, shutdown).await,
-        Role::Run | Role::Server => run_server(role, config, kvm, shutdown, !args.no_collect).await,
+        Role::Run | Role::Server => {
+            let demo = role == Role::Run && config.vmm.demo && !args.no_demo;
+            run_server(role, config, kvm, shutdown, !args.no_collect, demo).await
+        }
     }
 }
 
@@ -141,6 +145,7 @@ async fn run_server(
     kvm: KvmStatus,
     shutdown: watch::Receiver<bool>,
     collect: bool,
+    demo: bool,
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     let events_dir = data_dir.join("events");
@@ -207,6 +212,29 @@ async fn run_server(
         });
     }
 
+    // The demo fleet's VMM hosts (all-in-one role only).
+    let vmm_hosts = match (&kvm, demo) {
+        (KvmStatus::Available { .. }, true) => {
+            Some(vmm_hosts::VmmHosts::start(&config, &shutdown)?)
+        }
+        (KvmStatus::Absent { reason }, true) => {
+            tracing::warn!(%reason, "demo fleet not started: no usable KVM");
+            None
+        }
+        (_, false) => None,
+    };
+    let vmm_status: Box<dyn Fn() -> serde_json::Value + Send + Sync> = match (&vmm_hosts, &kvm) {
+        (Some(hosts), _) => Box::new(hosts.status_fn()),
+        (None, KvmStatus::Absent { reason }) if demo => {
+            let off = json!({"demo": false, "reason": format!("no usable KVM: {reason}")});
+            Box::new(move || off.clone())
+        }
+        (None, _) => {
+            let off = json!({"demo": false, "reason": "turned off (vmm.demo = false, --no-demo, or not the run role)"});
+            Box::new(move || off.clone())
+        }
+    };
+
     let status = {
         let source = source.clone();
         let progress = progress.clone();
@@ -224,6 +252,7 @@ async fn run_server(
                     "rejected": progress.rejected.load(Ordering::Relaxed),
                     "ingest_stopped": stopped,
                 },
+                "vmm": vmm_status(),
             });
             if stopped.is_some() {
                 status["status"] = json!("degraded");
@@ -263,6 +292,9 @@ async fn run_server(
         .context("API server failed")?;
 
     // Stop producers first, then let the appender drain, then flush the log to disk.
+    if let Some(hosts) = vmm_hosts {
+        hosts.join().await;
+    }
     if let Some(handle) = collector_handle {
         let _ = handle.await;
     }

@@ -22,9 +22,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `fleetmind run` on a free loopback port with `data_dir`, and returns once the
-    /// daemon has announced its address (it prints it after binding).
+    /// Starts `fleetmind run` without the demo fleet on a free loopback port with `data_dir`,
+    /// and returns once the daemon has announced its address (it prints it after binding).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut args = extra.to_vec();
+        args.push("--no-demo");
+        Self::start_role("run", data_dir, &args)
+    }
+
+    /// Starts `fleetmind run` with whatever demo fleet its config asks for.
+    pub fn start_with_demo(data_dir: &Path, extra: &[&str]) -> Daemon {
         Self::start_role("run", data_dir, extra)
     }
 
@@ -145,6 +152,31 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `fleetmind <args>` to completion: (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("FLEETMIND_LOG", "warn")
+        .output()
+        .expect("run fleetmind");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet).
+pub fn process_gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 

@@ -61,7 +61,7 @@ impl Profile {
                 64,
                 Workload::Phased {
                     mix: Mix {
-                        cpu: 8,
+                        cpu: 5,
                         io: 100,
                         mmio: 50,
                         memory: 20,
@@ -76,7 +76,7 @@ impl Profile {
                 96,
                 Workload::Phased {
                     mix: Mix {
-                        cpu: 5,
+                        cpu: 3,
                         io: 60,
                         mmio: 0,
                         memory: 100,
@@ -91,7 +91,7 @@ impl Profile {
                 64,
                 Workload::Phased {
                     mix: Mix {
-                        cpu: 12,
+                        cpu: 8,
                         io: 10,
                         mmio: 0,
                         memory: 60,

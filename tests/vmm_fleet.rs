@@ -1,0 +1,183 @@
+//! The demo fleet of `fleetmind run` and the `fleetmind vm` CLI, on the real `/dev/kvm`: the
+//! hosts start, the CLI lists and controls their VMs with errors that name the field, and the
+//! hosts go away with the daemon whether it is stopped or killed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, cli, get_json, process_gone, wait_for};
+use fleetmind_vmm_probe::test_utils::kvm_or_skip;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A config with a small, fast demo fleet: two hosts, two VMs each, a 24-second day.
+fn demo_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("fleetmind.toml");
+    std::fs::write(
+        &path,
+        "[vmm]\ndemo_hosts = 2\ndemo_vms_per_host = 2\ndemo_day_length = \"24s\"\n",
+    )
+    .expect("write config");
+    path
+}
+
+/// Waits until health shows every demo host running; returns their pids.
+async fn hosts_running(client: &reqwest::Client, daemon: &Daemon) -> Vec<u64> {
+    let url = daemon.url("/api/v1/health");
+    wait_for("the demo hosts to run", WAIT, || async {
+        let (_, health) = get_json(client, &url).await;
+        let hosts = health["vmm"]["hosts"].as_array()?.clone();
+        let running = hosts.len() == 2 && hosts.iter().all(|h| h["state"] == "running");
+        running.then(|| hosts.iter().filter_map(|h| h["pid"].as_u64()).collect())
+    })
+    .await
+}
+
+fn vm_cli(data_dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let data_dir = data_dir.to_str().expect("utf-8 temp path");
+    let mut all = vec!["vm", "--data-dir", data_dir];
+    all.extend_from_slice(args);
+    cli(&all)
+}
+
+#[tokio::test]
+async fn run_starts_the_demo_fleet_and_the_vm_cli_controls_it() {
+    if !kvm_or_skip("run_starts_the_demo_fleet_and_the_vm_cli_controls_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = demo_config(dir.path());
+    let mut daemon = Daemon::start_with_demo(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--no-collect"],
+    );
+    let client = reqwest::Client::new();
+    let pids = hosts_running(&client, &daemon).await;
+
+    // Both hosts answer, with their VMs running (the hosts create them before listening).
+    let listed = wait_for("four running VMs in the list", WAIT, || async {
+        let (code, out, _) = vm_cli(dir.path(), &["list", "--json"]);
+        let list: Value = serde_json::from_str(&out).ok().filter(|_| code == 0)?;
+        let vms: Vec<(String, String)> = list["hosts"]
+            .as_array()?
+            .iter()
+            .flat_map(|h| h["vms"].as_array().cloned().unwrap_or_default())
+            .map(|vm| {
+                (
+                    vm["name"].as_str().unwrap_or("").to_owned(),
+                    vm["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        (vms.len() == 4).then_some(vms)
+    })
+    .await;
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["db-1-2", "web-1-1", "db-2-2", "web-2-1"]);
+    assert!(listed.iter().all(|(_, s)| s == "running"), "{listed:?}");
+    let (code, table, _) = vm_cli(dir.path(), &["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("demo-host-2") && l.contains("web-2-1")),
+        "{table}"
+    );
+    let (code, hosts, _) = vm_cli(dir.path(), &["hosts"]);
+    assert_eq!(code, 0);
+    assert!(
+        hosts.contains("demo-host-1") && hosts.contains("kvm ("),
+        "{hosts}"
+    );
+
+    // A VM command finds the host that has the VM; the level sticks (the demo driver hands
+    // a VM over once someone else sets its level).
+    let (code, out, err) = vm_cli(dir.path(), &["level", "web-2-1", "77"]);
+    assert_eq!(code, 0, "{err}");
+    let vm: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(vm["spec"]["level"], 77);
+    let (code, out, _) = vm_cli(dir.path(), &["stats", "db-1-2"]);
+    assert_eq!(code, 0);
+    let stats: Value = serde_json::from_str(&out).expect("JSON");
+    assert!(
+        stats["kvm"]["vcpus"][0]["exits"].as_u64().is_some(),
+        "{stats}"
+    );
+
+    // Errors name the field, the host and the status, and exit non-zero.
+    let bad = r#"{"name":"x","vcpus":0,"mem_mib":16,"workload":{"kind":"cpu"}}"#;
+    let (code, _, err) = vm_cli(dir.path(), &["--host", "demo-host-1", "create", bad]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("demo-host-1: invalid VM spec: vcpus must be between 1 and"),
+        "{err}"
+    );
+    assert!(err.contains("HTTP 400"), "{err}");
+    let (code, _, err) = vm_cli(dir.path(), &["create", bad]);
+    assert_eq!(code, 1);
+    assert!(err.contains("choose one with --host"), "{err}");
+    let (code, _, err) = vm_cli(dir.path(), &["show", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no VM named \"nosuch\" on any VMM host"),
+        "{err}"
+    );
+    let (code, _, err) = vm_cli(dir.path(), &["pin", "web-1-1", "0", "x-y"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("CPUS must be a list"), "{err}");
+
+    // Create, balloon, delete through the CLI.
+    let spec = r#"{"name":"cli-1","vcpus":1,"mem_mib":32,"workload":{"kind":"idle"}}"#;
+    let (code, _, err) = vm_cli(dir.path(), &["--host", "demo-host-2", "create", spec]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = vm_cli(dir.path(), &["balloon", "cli-1", "8"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"target_mib\": 8"), "{out}");
+    let (code, _, _) = vm_cli(dir.path(), &["delete", "cli-1"]);
+    assert_eq!(code, 0);
+
+    // SIGTERM: the hosts stop their VMs and remove their sockets before the daemon exits.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        assert!(process_gone(pid), "VMM host {pid} outlived the daemon");
+    }
+    let sockets: Vec<_> = std::fs::read_dir(dir.path().join("vmm")).unwrap().collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
+}
+
+#[tokio::test]
+async fn killing_the_daemon_takes_its_vmm_hosts_with_it() {
+    if !kvm_or_skip("killing_the_daemon_takes_its_vmm_hosts_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = demo_config(dir.path());
+    let mut daemon = Daemon::start_with_demo(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--no-collect"],
+    );
+    let client = reqwest::Client::new();
+    let pids = hosts_running(&client, &daemon).await;
+    daemon.kill9();
+    for pid in pids {
+        wait_for("the orphaned VMM host to exit", WAIT, || async {
+            process_gone(pid).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn no_demo_starts_no_hosts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &["--no-collect"]);
+    let client = reqwest::Client::new();
+    let (_, health) = get_json(&client, &daemon.url("/api/v1/health")).await;
+    assert_eq!(health["vmm"]["demo"], false, "{health}");
+    let (code, _, err) = vm_cli(dir.path(), &["list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no VMM hosts in"), "{err}");
+}
