@@ -2,7 +2,7 @@
 //! creates the demo fleet on it, and serves the control API on a Unix socket until SIGTERM,
 //! SIGINT or (with `--exit-with-stdin`) the end of its standard input.
 
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,7 +62,12 @@ async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             .create(dir)
             .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(
                 "another VMM host is serving {}; stop it or choose another --name",

@@ -181,3 +181,61 @@ async fn no_demo_starts_no_hosts() {
     assert_eq!(code, 1);
     assert!(err.contains("no VMM hosts in"), "{err}");
 }
+
+#[test]
+fn a_vmm_host_guards_its_socket_and_exits_when_stdin_closes() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 temp path");
+    let mut first = Command::new(common::bin())
+        .args([
+            "vmm",
+            "--name",
+            "h1",
+            "--data-dir",
+            data_dir,
+            "--exit-with-stdin",
+        ])
+        .env("FLEETMIND_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetmind vmm");
+    let mut lines = BufReader::new(first.stdout.take().expect("stdout")).lines();
+    let announced = lines.next().expect("a line").expect("read");
+    let socket = dir.path().join("vmm/h1.sock");
+    assert_eq!(
+        announced,
+        format!(
+            "fleetmind vmm: control API on unix:{} (host h1)",
+            socket.display()
+        )
+    );
+
+    // A second host of the same name does not steal the socket.
+    let (code, _, err) = cli(&["vmm", "--name", "h1", "--data-dir", data_dir]);
+    assert_eq!(code, 1);
+    assert!(err.contains("another VMM host is serving"), "{err}");
+    // Nor does a host pointed at a file that is not a socket replace it.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").expect("write");
+    let (code, _, err) = cli(&["vmm", "--socket", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    // Bad host names are named.
+    let (code, _, err) = cli(&["vmm", "--name", "../x", "--data-dir", data_dir]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--name must be"), "{err}");
+
+    // The host answers `fleetmind vm hosts`, then stops when its stdin closes.
+    let (code, out, _) = vm_cli(dir.path(), &["hosts"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("h1"), "{out}");
+    drop(first.stdin.take());
+    let status = first.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket outlived its host");
+}

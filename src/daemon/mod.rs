@@ -82,7 +82,10 @@ pub async fn run(role: Role, args: DaemonArgs) -> anyhow::Result<()> {
     match &kvm {
         KvmStatus::Available { flavour } => tracing::info!(?flavour, "KVM available"),
         KvmStatus::Absent { reason } => {
-            tracing::warn!(%reason, "no usable KVM: the hypervisor is reported absent");
+            tracing::warn!(
+                %reason,
+                "no usable KVM: the hypervisor is reported absent and no VMs run on this host"
+            );
         }
     }
     match role {
@@ -217,11 +220,8 @@ async fn run_server(
         (KvmStatus::Available { .. }, true) => {
             Some(vmm_hosts::VmmHosts::start(&config, &shutdown)?)
         }
-        (KvmStatus::Absent { reason }, true) => {
-            tracing::warn!(%reason, "demo fleet not started: no usable KVM");
-            None
-        }
-        (_, false) => None,
+        // Already reported once, at start.
+        (KvmStatus::Absent { .. }, true) | (_, false) => None,
     };
     let vmm_status: Box<dyn Fn() -> serde_json::Value + Send + Sync> = match (&vmm_hosts, &kvm) {
         (Some(hosts), _) => Box::new(hosts.status_fn()),

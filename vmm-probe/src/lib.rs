@@ -9,6 +9,12 @@
 //! The KVM flavour matters everywhere here: the same guest exits are counted under different KVM
 //! statistics on VMX/SVM hosts and on PVM hosts (where a guest that is not PVM-aware is run by
 //! KVM's instruction emulator); see [`flavour`].
+//!
+//! Layers, bottom up: [`vstate`] wraps the KVM file descriptors and guest memory; [`guest`] is
+//! the guest program and its ABI; [`vmm`] runs VMs ([`vmm::Vmm`], [`vmm::VmHandle`]), with the
+//! balloon's host side; [`stats`], [`host_facts`] and [`placement`] read and move what the
+//! kernel knows about them; [`control`] is one VMM host's operations as the control API offers
+//! them, and [`control::demo`] the demo fleet.
 
 pub mod control;
 pub mod flavour;
