@@ -53,7 +53,7 @@ pub struct DaemonArgs {
     /// Host collector interval, e.g. `1s`, `200ms` (overrides `collector.interval`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub collect_interval: Option<std::time::Duration>,
-    /// Do not run the host collector (a server that only receives from agents).
+    /// Do not run the collectors, host or VM (a server that only receives from agents).
     #[arg(long)]
     pub no_collect: bool,
     /// Do not start the demo fleet (overrides `vmm.demo`).

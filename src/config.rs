@@ -69,6 +69,12 @@ pub struct CollectorConfig {
     pub proc_root: PathBuf,
     /// Root of sysfs. Default `/sys`.
     pub sys_root: PathBuf,
+    /// Read the VMs of the built-in VMM hosts (their sockets in `vmm.socket_dir`). Default
+    /// true.
+    pub vm_builtin: bool,
+    /// Sampling interval of the VM collector. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub vm_interval: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -78,6 +84,8 @@ impl Default for CollectorConfig {
             host_name: None,
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
+            vm_builtin: true,
+            vm_interval: Duration::from_secs(1),
         }
     }
 }
@@ -307,6 +315,9 @@ impl Config {
         };
         if self.collector.interval < Duration::from_millis(10) {
             return invalid("collector.interval", "must be at least 10ms");
+        }
+        if self.collector.vm_interval < Duration::from_millis(100) {
+            return invalid("collector.vm_interval", "must be at least 100ms");
         }
         if self.stream.segment_bytes < 4096 {
             return invalid("stream.segment_bytes", "must be at least 4096");

@@ -49,10 +49,7 @@ async fn run_starts_the_demo_fleet_and_the_vm_cli_controls_it() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = demo_config(dir.path());
-    let mut daemon = Daemon::start_with_demo(
-        dir.path(),
-        &["--config", config.to_str().unwrap(), "--no-collect"],
-    );
+    let mut daemon = Daemon::start_with_demo(dir.path(), &["--config", config.to_str().unwrap()]);
     let client = reqwest::Client::new();
     let pids = hosts_running(&client, &daemon).await;
 
@@ -137,6 +134,26 @@ async fn run_starts_the_demo_fleet_and_the_vm_cli_controls_it() {
     assert!(out.contains("\"target_mib\": 8"), "{out}");
     let (code, _, _) = vm_cli(dir.path(), &["delete", "cli-1"]);
     assert_eq!(code, 0);
+
+    // The VM collector reads every demo VM into vm_samples, with KVM's exit counters moving
+    // and the vCPU threads named.
+    let rows = wait_for("VM samples of all four demo VMs", WAIT, || async {
+        let body = common::sql(
+            &client,
+            &daemon,
+            "select host, name, max(exits[1]['total']) as exits, max(vcpus[1]['tid']) as tid, \
+             max(mem_bytes) as mem from vm_samples group by host, name order by host, name",
+        )
+        .await;
+        let rows = body["rows"].as_array()?.clone();
+        let moving = rows.len() == 4 && rows.iter().all(|r| r[2].as_u64() > Some(0));
+        moving.then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0][0], "demo-host-1");
+    assert_eq!(rows[0][1], "db-1-2");
+    assert!(rows.iter().all(|r| r[3].as_u64() > Some(0)), "{rows:?}");
+    assert_eq!(rows[0][4], 96 << 20);
 
     // SIGTERM: the hosts stop their VMs and remove their sockets before the daemon exits.
     let status = daemon.terminate();
@@ -238,4 +255,58 @@ fn a_vmm_host_guards_its_socket_and_exits_when_stdin_closes() {
     let status = first.wait().expect("wait");
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket outlived its host");
+}
+
+#[tokio::test]
+async fn vm_collector_reports_an_unreachable_vmm_host_and_its_recovery() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 temp path");
+    // A socket file nobody serves: connections are refused.
+    std::fs::create_dir_all(dir.path().join("vmm")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("vmm/h9.sock")).unwrap());
+    let config = dir.path().join("fleetmind.toml");
+    std::fs::write(&config, "[collector]\nvm_interval = \"200ms\"\n").unwrap();
+    let daemon = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let count = |healthy: bool| {
+        let query = format!(
+            "select count(*) from collector_health where source like '%h9.sock' and healthy = {healthy}"
+        );
+        let client = client.clone();
+        let daemon = &daemon;
+        async move { common::count(&client, daemon, &query).await }
+    };
+    wait_for("an unhealthy record for the dead socket", WAIT, || async {
+        (count(false).await >= 1).then_some(())
+    })
+    .await;
+    let body = common::sql(
+        &client,
+        &daemon,
+        "select message, consecutive_failures, retry_in_ms from collector_health where not healthy limit 1",
+    )
+    .await;
+    let message = body["rows"][0][0].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("h9.sock"), "{body}");
+    assert_eq!(count(true).await, 0);
+
+    // The host comes up on that socket: the collector reads it and says so.
+    let mut host = Command::new(common::bin())
+        .args(["vmm", "--name", "h9", "--data-dir", data_dir, "--exit-with-stdin"])
+        .env("FLEETMIND_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetmind vmm");
+    let mut lines = BufReader::new(host.stdout.take().expect("stdout")).lines();
+    let _announced = lines.next();
+    wait_for("a healthy record once the host serves", WAIT, || async {
+        (count(true).await >= 1).then_some(())
+    })
+    .await;
+    drop(host.stdin.take());
+    host.wait().expect("host exits");
 }

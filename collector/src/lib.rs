@@ -11,6 +11,7 @@
 
 mod driver;
 mod host;
+pub mod vm;
 
 pub use driver::{CollectorExit, run_host_collector};
 pub use host::{HostCollector, HostCollectorConfig, SampleError, hostname};

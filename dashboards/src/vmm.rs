@@ -26,6 +26,7 @@ use crate::{ApiError, routes};
 /// Every route of the VMM API as (method, path), in the order the OpenAPI file lists them.
 pub const VMM_ROUTES: &[(&str, &str)] = &[
     ("GET", "/vmm/v1/health"),
+    ("GET", "/vmm/v1/stats"),
     ("GET", "/vmm/v1/vms"),
     ("POST", "/vmm/v1/vms"),
     ("GET", "/vmm/v1/vms/{name}"),
@@ -46,6 +47,7 @@ pub const VMM_ROUTES: &[(&str, &str)] = &[
 pub fn vmm_app(control: Arc<VmmControl>) -> Router {
     Router::new()
         .route("/vmm/v1/health", get(health))
+        .route("/vmm/v1/stats", get(all_stats))
         .route("/vmm/v1/vms", get(list).post(create))
         .route("/vmm/v1/vms/{name}", get(show).delete(delete))
         .route("/vmm/v1/vms/{name}/pause", post(pause))
@@ -110,6 +112,11 @@ async fn health(State(control): Control) -> Result<Json<Value>, ApiError> {
         obj.extend(extra);
     }
     Ok(Json(body))
+}
+
+async fn all_stats(State(control): Control) -> Result<Json<Value>, ApiError> {
+    let (host, vms) = blocking(control, |c| Ok((c.host_info(), c.stats_all()))).await?;
+    Ok(Json(json!({ "host": host.host, "pid": host.pid, "vms": vms })))
 }
 
 async fn list(State(control): Control) -> Result<Json<Value>, ApiError> {

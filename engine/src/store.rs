@@ -16,7 +16,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use fleetmind_schema::{
-    Action, Anomaly, ArrowRecord, AuditRecord, HostSample, Incident, Recommendation, Record,
+    Action, Anomaly, ArrowRecord, AuditRecord, CollectorHealth, HostSample, Incident, Recommendation, Record,
     RecordKind, TimestampMs, ToBatchError, VmSample, now_ms, to_record_batch,
 };
 
@@ -334,6 +334,7 @@ fn schema_of(kind: RecordKind) -> SchemaRef {
         RecordKind::Recommendation => Recommendation::arrow_schema(),
         RecordKind::Action => Action::arrow_schema(),
         RecordKind::Audit => AuditRecord::arrow_schema(),
+        RecordKind::CollectorHealth => CollectorHealth::arrow_schema(),
     }
 }
 
@@ -361,6 +362,7 @@ struct ByKind {
     recommendations: Vec<Recommendation>,
     actions: Vec<Action>,
     audit: Vec<AuditRecord>,
+    collector_health: Vec<CollectorHealth>,
 }
 
 impl ByKind {
@@ -375,6 +377,7 @@ impl ByKind {
                 Record::Recommendation(r) => by.recommendations.push(r),
                 Record::Action(r) => by.actions.push(r),
                 Record::Audit(r) => by.audit.push(r),
+                Record::CollectorHealth(r) => by.collector_health.push(r),
             }
         }
         by
@@ -399,6 +402,7 @@ impl ByKind {
         add(convert(&self.recommendations));
         add(convert(&self.actions));
         add(convert(&self.audit));
+        add(convert(&self.collector_health));
         (out, first_error)
     }
 }

@@ -13,7 +13,8 @@ use arrow::error::ArrowError;
 use serde::Serialize;
 
 use crate::records::{
-    Action, Anomaly, AuditRecord, HostSample, Incident, Recommendation, RecordKind, VmSample,
+    Action, Anomaly, AuditRecord, CollectorHealth, HostSample, Incident, Recommendation,
+    RecordKind, VmSample,
 };
 
 /// Failure to build a `RecordBatch` from records.
@@ -357,5 +358,20 @@ arrow_record!(
         utf8("detail"),
         utf8("prev_hash"),
         utf8("hash"),
+    ]
+);
+
+arrow_record!(
+    CollectorHealth,
+    RecordKind::CollectorHealth,
+    vec![
+        ts("ts"),
+        utf8("host"),
+        utf8("collector"),
+        utf8("source"),
+        Field::new("healthy", DataType::Boolean, false),
+        opt_utf8("message"),
+        u32("consecutive_failures"),
+        opt_u64("retry_in_ms"),
     ]
 );

@@ -58,6 +58,7 @@ pub fn decode_envelope(value: Value) -> Result<Envelope, DecodeError> {
         RecordKind::Recommendation => Record::Recommendation(typed(fields)?),
         RecordKind::Action => Record::Action(typed(fields)?),
         RecordKind::Audit => Record::Audit(typed(fields)?),
+        RecordKind::CollectorHealth => Record::CollectorHealth(typed(fields)?),
     };
     Ok(Envelope {
         schema_version,

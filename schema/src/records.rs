@@ -58,6 +58,8 @@ pub enum Record {
     Action(Action),
     /// An audit record.
     Audit(AuditRecord),
+    /// A collector source turned unhealthy, is still failing, or recovered.
+    CollectorHealth(CollectorHealth),
 }
 
 impl Record {
@@ -72,6 +74,7 @@ impl Record {
             Record::Recommendation(_) => RecordKind::Recommendation,
             Record::Action(_) => RecordKind::Action,
             Record::Audit(_) => RecordKind::Audit,
+            Record::CollectorHealth(_) => RecordKind::CollectorHealth,
         }
     }
 }
@@ -94,11 +97,13 @@ pub enum RecordKind {
     Action,
     /// [`AuditRecord`]
     Audit,
+    /// [`CollectorHealth`]
+    CollectorHealth,
 }
 
 impl RecordKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::HostSample,
         RecordKind::VmSample,
         RecordKind::Anomaly,
@@ -106,6 +111,7 @@ impl RecordKind {
         RecordKind::Recommendation,
         RecordKind::Action,
         RecordKind::Audit,
+        RecordKind::CollectorHealth,
     ];
 
     /// The kind tag as written in JSON (`host_sample`, ...).
@@ -119,6 +125,7 @@ impl RecordKind {
             RecordKind::Recommendation => "recommendation",
             RecordKind::Action => "action",
             RecordKind::Audit => "audit",
+            RecordKind::CollectorHealth => "collector_health",
         }
     }
 
@@ -133,6 +140,7 @@ impl RecordKind {
             RecordKind::Recommendation => "recommendations",
             RecordKind::Action => "actions",
             RecordKind::Audit => "audit",
+            RecordKind::CollectorHealth => "collector_health",
         }
     }
 }
@@ -618,4 +626,27 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// Hex SHA-256 of this record's fields and `prev_hash`.
     pub hash: String,
+}
+
+/// The health of one collector source (a VMM host's socket, a QMP socket): written when the
+/// source fails for the first time, at every retry while it keeps failing, and once when it
+/// recovers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectorHealth {
+    /// When.
+    pub ts: TimestampMs,
+    /// Host the collector runs on.
+    pub host: String,
+    /// The collector: `vm`, `host`.
+    pub collector: String,
+    /// The source: `builtin:demo-host-1`, `qmp:/run/vm1.qmp`.
+    pub source: String,
+    /// Whether the last read succeeded.
+    pub healthy: bool,
+    /// What failed (absent once healthy).
+    pub message: Option<String>,
+    /// Reads failed in a row (0 once healthy).
+    pub consecutive_failures: u32,
+    /// Milliseconds until the next attempt, while unhealthy.
+    pub retry_in_ms: Option<u64>,
 }

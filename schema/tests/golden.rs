@@ -254,6 +254,19 @@ fn audit() -> AuditRecord {
     }
 }
 
+fn collector_health() -> CollectorHealth {
+    CollectorHealth {
+        ts: 1_763_892_000_000,
+        host: "rack1-h07".into(),
+        collector: "vm".into(),
+        source: "qmp:/run/vm1.qmp".into(),
+        healthy: false,
+        message: Some("/run/vm1.qmp: connect: No such file or directory".into()),
+        consecutive_failures: 3,
+        retry_in_ms: Some(4000),
+    }
+}
+
 fn all_records() -> Vec<Record> {
     vec![
         Record::HostSample(host_sample()),
@@ -263,6 +276,7 @@ fn all_records() -> Vec<Record> {
         Record::Recommendation(recommendation()),
         Record::Action(action()),
         Record::Audit(audit()),
+        Record::CollectorHealth(collector_health()),
     ]
 }
 
@@ -328,6 +342,7 @@ fn arrow_schemas_match_golden() {
         ("recommendation", describe_schema::<Recommendation>()),
         ("action", describe_schema::<Action>()),
         ("audit", describe_schema::<AuditRecord>()),
+        ("collector_health", describe_schema::<CollectorHealth>()),
     ];
     for (kind, text) in schemas {
         check_golden(&format!("{kind}.arrow.txt"), &text);
@@ -358,6 +373,7 @@ fn every_record_converts_to_its_arrow_schema() {
     one(recommendation());
     one(action());
     one(audit());
+    one(collector_health());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fleetmind_dashboards::{AgentApiState, agent_app};
 use fleetmind_remediation::ExecutorRegistry;
-use fleetmind_schema::{Envelope, HostSample, Record};
+use fleetmind_schema::{Envelope, Record};
 use fleetmind_vmm_probe::KvmStatus;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -29,14 +29,7 @@ pub(super) async fn run_agent(
     kvm: KvmStatus,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel(1024);
-    let collector = super::host_collector(&config);
-    let collector_task = tokio::spawn(fleetmind_collector::run_host_collector(
-        collector,
-        config.collector.interval,
-        tx,
-        shutdown.clone(),
-    ));
+    let (rx, collector_tasks) = super::spawn_collectors(&config, &shutdown, true);
     let forwarder = tokio::spawn(forward(
         rx,
         config.agent.server_url.clone(),
@@ -69,7 +62,9 @@ pub(super) async fn run_agent(
         })
         .await
         .context("agent action API failed")?;
-    let _ = collector_task.await;
+    for task in collector_tasks {
+        let _ = task.await;
+    }
     let _ = forwarder.await;
     Ok(())
 }
@@ -77,7 +72,7 @@ pub(super) async fn run_agent(
 /// Sends samples to the server until shutdown, then makes one last attempt to send what is
 /// buffered.
 async fn forward(
-    mut samples: mpsc::Receiver<HostSample>,
+    mut samples: mpsc::Receiver<Record>,
     server_url: String,
     token: Option<String>,
     max_buffered: usize,
@@ -102,7 +97,7 @@ async fn forward(
         tokio::select! {
             sample = samples.recv() => match sample {
                 Some(sample) => {
-                    buffer.push_back(Envelope::new(Record::HostSample(sample)));
+                    buffer.push_back(Envelope::new(sample));
                     while buffer.len() > max_buffered {
                         buffer.pop_front();
                         dropped += 1;

@@ -142,6 +142,62 @@ pub(crate) fn host_collector(config: &Config) -> HostCollector {
     })
 }
 
+/// Starts the collectors of this host: the host collector (when `collect_host`) and, when
+/// `collector.vm_builtin` is on, the VM collector over the built-in VMM hosts' sockets. Their
+/// records arrive on the returned channel; the tasks end on shutdown.
+pub(crate) fn spawn_collectors(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+    collect_host: bool,
+) -> (
+    mpsc::Receiver<fleetmind_schema::Record>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (records, rx) = mpsc::channel(1024);
+    let mut tasks = Vec::new();
+    let collector = host_collector(config);
+    let host = collector.config().host.clone();
+    if collect_host {
+        let (tx, mut samples) = mpsc::channel(64);
+        let run = fleetmind_collector::run_host_collector(
+            collector,
+            config.collector.interval,
+            tx,
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _ = run.await;
+        }));
+        let records = records.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(sample) = samples.recv().await {
+                if records
+                    .send(fleetmind_schema::Record::HostSample(sample))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    if config.collector.vm_builtin {
+        let vm_config = fleetmind_collector::vm::VmCollectorConfig {
+            host,
+            interval: config.collector.vm_interval,
+            timeout: config.collector.vm_interval.max(Duration::from_secs(2)),
+            rescan: Duration::from_secs(5),
+            builtin_dir: Some(config.vmm_socket_dir()),
+        };
+        tasks.push(tokio::spawn(fleetmind_collector::vm::run_vm_collector(
+            vm_config,
+            records,
+            shutdown.clone(),
+        )));
+    }
+    (rx, tasks)
+}
+
 async fn run_server(
     role: Role,
     config: Config,
@@ -176,17 +232,11 @@ async fn run_server(
         shutdown.clone(),
     ));
 
-    // Collector -> log (the all-in-one role, or a server asked to watch its own host).
-    let mut collector_handle = None;
+    // Collectors -> log (the all-in-one role, or a server asked to watch its own host).
+    let mut collector_handles = Vec::new();
     if collect {
-        let (tx, rx) = mpsc::channel(1024);
-        let collector = host_collector(&config);
-        collector_handle = Some(tokio::spawn(fleetmind_collector::run_host_collector(
-            collector,
-            config.collector.interval,
-            tx,
-            shutdown.clone(),
-        )));
+        let (rx, handles) = spawn_collectors(&config, &shutdown, true);
+        collector_handles = handles;
         tasks.spawn(pipeline::append_samples(rx, sink.clone()));
     }
 
@@ -295,7 +345,7 @@ async fn run_server(
     if let Some(hosts) = vmm_hosts {
         hosts.join().await;
     }
-    if let Some(handle) = collector_handle {
+    for handle in collector_handles {
         let _ = handle.await;
     }
     while tasks.join_next().await.is_some() {}

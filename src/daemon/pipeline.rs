@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleetmind_engine::Store;
-use fleetmind_schema::{Envelope, HostSample, Record};
+use fleetmind_schema::{Envelope, Record};
 use fleetmind_stream::{EventSink, EventSource, Offset, ReadError, SubscribeError, Subscription};
 use tokio::sync::{mpsc, watch};
 
@@ -55,9 +55,9 @@ fn subscribe_at_or_after(
     }
 }
 
-/// Appends every sample from `samples` to `sink` until the channel closes, batching what has
+/// Appends every record from `samples` to `sink` until the channel closes, batching what has
 /// queued up. Returns when the collector side hangs up (on shutdown).
-pub async fn append_samples(mut samples: mpsc::Receiver<HostSample>, sink: Arc<dyn EventSink>) {
+pub async fn append_samples(mut samples: mpsc::Receiver<Record>, sink: Arc<dyn EventSink>) {
     let mut batch = Vec::new();
     while let Some(first) = samples.recv().await {
         batch.clear();
@@ -70,9 +70,9 @@ pub async fn append_samples(mut samples: mpsc::Receiver<HostSample>, sink: Arc<d
         }
         let payloads: Vec<Vec<u8>> = batch
             .drain(..)
-            .filter_map(|sample| {
-                serde_json::to_vec(&Envelope::new(Record::HostSample(sample)))
-                    .inspect_err(|e| tracing::error!(error = %e, "cannot encode host sample"))
+            .filter_map(|record| {
+                serde_json::to_vec(&Envelope::new(record))
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot encode a record"))
                     .ok()
             })
             .collect();

@@ -470,6 +470,29 @@ impl VmmControl {
         stats::collect(&vm.handle, &mut fds, &self.proc_root)
     }
 
+    /// Stats of every VM, for collectors (one request per host and interval). A VM whose
+    /// stats cannot be read is left out and logged.
+    #[must_use]
+    pub fn stats_all(&self) -> Vec<VmStats> {
+        let vms: Vec<_> = self
+            .vms
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        vms.iter()
+            .filter_map(|vm| {
+                let mut fds = vm.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                stats::collect(&vm.handle, &mut fds, &self.proc_root)
+                    .inspect_err(|e| {
+                        tracing::warn!(vm = %vm.handle.name(), error = %e, "VM stats unreadable");
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Pins vCPU `vcpu` of a VM to `cpus`.
     ///
     /// # Errors

@@ -62,6 +62,8 @@ pub struct KvmCounters {
 /// Everything known about a VM at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmStats {
+    /// The VM's id in its VMM process (with the process id, it changes when the VM restarts).
+    pub id: u64,
     /// The VM.
     pub name: String,
     /// Its state.
@@ -137,6 +139,7 @@ pub(super) fn collect(
         .collect();
     let vcpu_exits = handle.vcpu_exit_counts();
     Ok(VmStats {
+        id: handle.id(),
         name: handle.name(),
         state: handle.state(),
         ts: now_ms(),

@@ -1,0 +1,1 @@
+//! libvirt-managed QEMU: discovery of domains QMP sockets (being written).

@@ -1,0 +1,1 @@
+//! QEMU VMs through their QMP sockets (being written).
