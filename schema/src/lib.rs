@@ -21,6 +21,7 @@
 
 mod arrow_form;
 mod decode;
+pub mod payload;
 mod records;
 
 pub use arrow_form::{ArrowRecord, ToBatchError, to_record_batch};

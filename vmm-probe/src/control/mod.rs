@@ -78,6 +78,94 @@ impl ControlError {
     }
 }
 
+/// What kind of control failure an error of the layers below is.
+trait Classify: std::error::Error + Sized {
+    fn kind(&self) -> ControlErrorKind;
+
+    fn classify(self) -> ControlError {
+        ControlError::from_error(self.kind(), &self)
+    }
+}
+
+impl Classify for crate::vmm::CreateVmError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::Spec(_) => ControlErrorKind::Invalid,
+            _ => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::vmm::PauseError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::NotRunning { .. } => ControlErrorKind::Conflict,
+            Self::Timeout(_) => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::vmm::ResumeError {
+    fn kind(&self) -> ControlErrorKind {
+        ControlErrorKind::Conflict
+    }
+}
+
+impl Classify for crate::vmm::SetLevelError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::Level => ControlErrorKind::Invalid,
+            Self::Control(_) => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::vmm::SetWorkloadError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::Workload(_) => ControlErrorKind::Invalid,
+            Self::Control(_) => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::vmm::SetMixError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::NotPhased { .. } | Self::Mix(_) => ControlErrorKind::Invalid,
+            Self::Control(_) => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::vmm::SetBalloonError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::Target { .. } => ControlErrorKind::Invalid,
+            Self::Control(_) => ControlErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::placement::PinError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::SetAffinity { .. } | Self::Check(_) => ControlErrorKind::Internal,
+            Self::NoSuchThread { .. } => ControlErrorKind::Conflict,
+            _ => ControlErrorKind::Invalid,
+        }
+    }
+}
+
+impl Classify for crate::placement::MoveMemoryError {
+    fn kind(&self) -> ControlErrorKind {
+        match self {
+            Self::Mbind { .. } | Self::MovePages { .. } => ControlErrorKind::Internal,
+            _ => ControlErrorKind::Invalid,
+        }
+    }
+}
+
 /// The hypervisor as the host reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostInfo {
@@ -306,13 +394,7 @@ impl VmmControl {
                 format!("a VM named {name:?} exists already"),
             ));
         }
-        let handle = vmm.launch(spec).map_err(|e| {
-            let kind = match e {
-                crate::vmm::CreateVmError::Spec(_) => ControlErrorKind::Invalid,
-                _ => ControlErrorKind::Internal,
-            };
-            ControlError::from_error(kind, &e)
-        })?;
+        let handle = vmm.launch(spec).map_err(Classify::classify)?;
         let vm = Arc::new(ManagedVm {
             handle,
             stats: Mutex::new(None),
@@ -353,14 +435,7 @@ impl VmmControl {
     /// [`ControlErrorKind::NotFound`]; [`ControlErrorKind::Conflict`] unless it runs.
     pub fn pause(&self, name: &str) -> Result<VmInfo, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle.pause().map_err(|e| match e {
-            crate::vmm::PauseError::NotRunning { .. } => {
-                ControlError::from_error(ControlErrorKind::Conflict, &e)
-            }
-            crate::vmm::PauseError::Timeout(_) => {
-                ControlError::from_error(ControlErrorKind::Internal, &e)
-            }
-        })?;
+        vm.handle.pause().map_err(Classify::classify)?;
         Ok(info(&vm.handle))
     }
 
@@ -371,9 +446,7 @@ impl VmmControl {
     /// [`ControlErrorKind::NotFound`]; [`ControlErrorKind::Conflict`] unless it is paused.
     pub fn resume(&self, name: &str) -> Result<VmInfo, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle
-            .resume()
-            .map_err(|e| ControlError::from_error(ControlErrorKind::Conflict, &e))?;
+        vm.handle.resume().map_err(Classify::classify)?;
         Ok(info(&vm.handle))
     }
 
@@ -384,14 +457,7 @@ impl VmmControl {
     /// [`ControlErrorKind::NotFound`]; [`ControlErrorKind::Invalid`] above 100.
     pub fn set_level(&self, name: &str, level: u8) -> Result<VmInfo, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle.set_level(level).map_err(|e| match e {
-            crate::vmm::SetLevelError::Level => {
-                ControlError::from_error(ControlErrorKind::Invalid, &e)
-            }
-            crate::vmm::SetLevelError::Control(_) => {
-                ControlError::from_error(ControlErrorKind::Internal, &e)
-            }
-        })?;
+        vm.handle.set_level(level).map_err(Classify::classify)?;
         Ok(info(&vm.handle))
     }
 
@@ -402,14 +468,9 @@ impl VmmControl {
     /// [`ControlErrorKind::NotFound`]; [`ControlErrorKind::Invalid`] if it does not fit.
     pub fn set_workload(&self, name: &str, workload: Workload) -> Result<VmInfo, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle.set_workload(workload).map_err(|e| match e {
-            crate::vmm::SetWorkloadError::Workload(_) => {
-                ControlError::from_error(ControlErrorKind::Invalid, &e)
-            }
-            crate::vmm::SetWorkloadError::Control(_) => {
-                ControlError::from_error(ControlErrorKind::Internal, &e)
-            }
-        })?;
+        vm.handle
+            .set_workload(workload)
+            .map_err(Classify::classify)?;
         Ok(info(&vm.handle))
     }
 
@@ -421,12 +482,7 @@ impl VmmControl {
     /// or a VM that is not phased.
     pub fn set_mix(&self, name: &str, mix: Mix) -> Result<VmInfo, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle.set_mix(mix).map_err(|e| match e {
-            crate::vmm::SetMixError::Control(_) => {
-                ControlError::from_error(ControlErrorKind::Internal, &e)
-            }
-            _ => ControlError::from_error(ControlErrorKind::Invalid, &e),
-        })?;
+        vm.handle.set_mix(mix).map_err(Classify::classify)?;
         Ok(info(&vm.handle))
     }
 
@@ -437,14 +493,9 @@ impl VmmControl {
     /// [`ControlErrorKind::NotFound`]; [`ControlErrorKind::Invalid`] above the guest's memory.
     pub fn set_balloon(&self, name: &str, target_mib: u32) -> Result<BalloonStatus, ControlError> {
         let vm = self.vm(name)?;
-        vm.handle.set_balloon(target_mib).map_err(|e| match e {
-            crate::vmm::SetBalloonError::Target { .. } => {
-                ControlError::from_error(ControlErrorKind::Invalid, &e)
-            }
-            crate::vmm::SetBalloonError::Control(_) => {
-                ControlError::from_error(ControlErrorKind::Internal, &e)
-            }
-        })?;
+        vm.handle
+            .set_balloon(target_mib)
+            .map_err(Classify::classify)?;
         Ok(vm.handle.balloon())
     }
 
@@ -509,15 +560,7 @@ impl VmmControl {
             )
         })?;
         let topology = self.topology()?;
-        pin_thread(&topology, tid, cpus).map_err(|e| {
-            let kind = match e {
-                crate::placement::PinError::SetAffinity { .. }
-                | crate::placement::PinError::Check(_) => ControlErrorKind::Internal,
-                crate::placement::PinError::NoSuchThread { .. } => ControlErrorKind::Conflict,
-                _ => ControlErrorKind::Invalid,
-            };
-            ControlError::from_error(kind, &e)
-        })?;
+        pin_thread(&topology, tid, cpus).map_err(Classify::classify)?;
         tracing::info!(vm = name, vcpu, ?cpus, "vCPU pinned");
         Ok(stats::vcpu_thread(&self.proc_root, vcpu, tid))
     }
@@ -532,14 +575,7 @@ impl VmmControl {
         let vm = self.vm(name)?;
         let topology = self.topology()?;
         let range = vm.handle.guest_memory();
-        bind_memory(&topology, range.addr, range.len, node, true).map_err(|e| {
-            let kind = match e {
-                crate::placement::MoveMemoryError::Mbind { .. }
-                | crate::placement::MoveMemoryError::MovePages { .. } => ControlErrorKind::Internal,
-                _ => ControlErrorKind::Invalid,
-            };
-            ControlError::from_error(kind, &e)
-        })?;
+        bind_memory(&topology, range.addr, range.len, node, true).map_err(Classify::classify)?;
         tracing::info!(vm = name, node, "guest memory bound and moved");
         Ok(stats::memory_placement(&self.proc_root, &vm.handle))
     }
