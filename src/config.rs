@@ -75,6 +75,9 @@ pub struct CollectorConfig {
     /// Sampling interval of the VM collector. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub vm_interval: Duration,
+    /// Root of debugfs; KVM's directory there (`kvm/`) is read as a fallback for VMs of any
+    /// VMM when it exists. Default `/sys/kernel/debug`.
+    pub debugfs_root: PathBuf,
 }
 
 impl Default for CollectorConfig {
@@ -86,6 +89,7 @@ impl Default for CollectorConfig {
             sys_root: PathBuf::from("/sys"),
             vm_builtin: true,
             vm_interval: Duration::from_secs(1),
+            debugfs_root: PathBuf::from("/sys/kernel/debug"),
         }
     }
 }

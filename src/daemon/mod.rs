@@ -188,6 +188,8 @@ pub(crate) fn spawn_collectors(
             timeout: config.collector.vm_interval.max(Duration::from_secs(2)),
             rescan: Duration::from_secs(5),
             builtin_dir: Some(config.vmm_socket_dir()),
+            debugfs_kvm_dir: Some(config.collector.debugfs_root.join("kvm")),
+            proc_root: config.collector.proc_root.clone(),
         };
         tasks.push(tokio::spawn(fleetmind_collector::vm::run_vm_collector(
             vm_config,

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::builtin::{self, BuiltinSource};
+use super::debugfs::{DebugfsConfig, DebugfsSource};
 use super::{RateTracker, SourceError, VmSource};
 
 /// Longest wait between two attempts of a failing source.
@@ -35,6 +36,10 @@ pub struct VmCollectorConfig {
     pub rescan: Duration,
     /// Directory of the built-in VMM hosts' control sockets; `None` reads none.
     pub builtin_dir: Option<PathBuf>,
+    /// KVM's debugfs directory, read as a fallback for any VMM when it exists; `None` never.
+    pub debugfs_kvm_dir: Option<PathBuf>,
+    /// Root of procfs (vCPU threads and memory of processes found through debugfs).
+    pub proc_root: PathBuf,
 }
 
 /// One endpoint to read.
@@ -42,6 +47,8 @@ pub struct VmCollectorConfig {
 enum Endpoint {
     /// A built-in VMM host's control socket.
     Builtin(PathBuf),
+    /// KVM's debugfs directory.
+    Debugfs(PathBuf),
 }
 
 impl Endpoint {
@@ -51,6 +58,11 @@ impl Endpoint {
                 socket.clone(),
                 config.timeout,
             )?)),
+            Endpoint::Debugfs(dir) => Ok(Box::new(DebugfsSource::new(DebugfsConfig {
+                kvm_dir: dir.clone(),
+                proc_root: config.proc_root.clone(),
+                host: config.host.clone(),
+            }))),
         }
     }
 }
@@ -60,6 +72,11 @@ fn endpoints(config: &VmCollectorConfig) -> Vec<Endpoint> {
     let mut out = Vec::new();
     if let Some(dir) = &config.builtin_dir {
         out.extend(builtin::discover(dir).into_iter().map(Endpoint::Builtin));
+    }
+    if let Some(dir) = &config.debugfs_kvm_dir
+        && DebugfsSource::available(dir)
+    {
+        out.push(Endpoint::Debugfs(dir.clone()));
     }
     out
 }
@@ -234,6 +251,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             rescan: Duration::from_secs(5),
             builtin_dir: None,
+            debugfs_kvm_dir: None,
+            proc_root: PathBuf::from("/proc"),
         };
         let e = SourceError::new("x.sock: connect: No such file");
         let Record::CollectorHealth(h) = health(

@@ -1,8 +1,8 @@
 //! VM collectors: every VM on a host, whoever runs it, read into one [`VmSample`] schema.
 //!
 //! A [`VmSource`] is one endpoint that knows some VMs: a built-in VMM host's control socket
-//! ([`builtin`]), a QEMU's QMP socket ([`qmp`]), or the QMP sockets libvirt keeps for its
-//! domains ([`libvirt`] discovers them). A source only reads ([`VmReading`]: cumulative
+//! ([`builtin`]), a QEMU's QMP socket ([`qmp`]), the QMP sockets libvirt keeps for its
+//! domains ([`libvirt`] discovers them), or, for any VMM, KVM's debugfs ([`debugfs`]). A source only reads ([`VmReading`]: cumulative
 //! counters, current values); the [`RateTracker`] turns readings into samples with rates, and
 //! the driver ([`run_vm_collector`]) runs each source in its own task with timeouts, health
 //! records and retry backoff, so a failing source never stalls the others.
@@ -10,6 +10,7 @@
 //! [`VmSample`]: fleetmind_schema::VmSample
 
 pub mod builtin;
+pub mod debugfs;
 mod driver;
 pub mod libvirt;
 pub mod qmp;
