@@ -78,6 +78,16 @@ pub struct CollectorConfig {
     /// Root of debugfs; KVM's directory there (`kvm/`) is read as a fallback for VMs of any
     /// VMM when it exists. Default `/sys/kernel/debug`.
     pub debugfs_root: PathBuf,
+    /// QMP sockets of QEMU VMs to read (`-qmp unix:PATH,server=on,wait=off`; a monitor of
+    /// their own). Default none.
+    pub qmp_sockets: Vec<PathBuf>,
+    /// libvirt's QEMU run directory, scanned for domains that declare a QMP monitor for
+    /// fleetmind in `<qemu:commandline>`. Default none; usually `/run/libvirt/qemu`.
+    pub libvirt_run_dir: Option<PathBuf>,
+    /// How often QEMU balloon devices refresh the guest's memory statistics; `0s` leaves the
+    /// VM's setting alone. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub qmp_guest_stats_interval: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -90,6 +100,9 @@ impl Default for CollectorConfig {
             vm_builtin: true,
             vm_interval: Duration::from_secs(1),
             debugfs_root: PathBuf::from("/sys/kernel/debug"),
+            qmp_sockets: Vec::new(),
+            libvirt_run_dir: None,
+            qmp_guest_stats_interval: Duration::from_secs(10),
         }
     }
 }

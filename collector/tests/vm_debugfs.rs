@@ -8,8 +8,9 @@ use fleetmind_collector::vm::debugfs::{DebugfsConfig, DebugfsSource};
 use fleetmind_schema::VmmKind;
 
 fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
+    std::fs::create_dir_all(path.parent().expect("fixture paths have a parent"))
+        .expect("create fixture directory");
+    std::fs::write(path, text).expect("write fixture file");
 }
 
 fn thread(proc_root: &Path, pid: u32, tid: u32, comm: &str, run_ns: u64) {
@@ -44,7 +45,7 @@ fn debugfs_vm_directories_become_readings() {
     }
     write(
         &proc_root.join("4242/cmdline"),
-        "qemu-system-x86_64\0-name\0guest=web-7,debug-threads=on\0-m\0512\0",
+        "qemu-system-x86_64\x00-name\x00guest=web-7,debug-threads=on\x00-m\x00512\x00",
     );
     write(&proc_root.join("4242/comm"), "qemu-system-x86\n");
     write(

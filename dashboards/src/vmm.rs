@@ -116,7 +116,9 @@ async fn health(State(control): Control) -> Result<Json<Value>, ApiError> {
 
 async fn all_stats(State(control): Control) -> Result<Json<Value>, ApiError> {
     let (host, vms) = blocking(control, |c| Ok((c.host_info(), c.stats_all()))).await?;
-    Ok(Json(json!({ "host": host.host, "pid": host.pid, "vms": vms })))
+    Ok(Json(
+        json!({ "host": host.host, "pid": host.pid, "vms": vms }),
+    ))
 }
 
 async fn list(State(control): Control) -> Result<Json<Value>, ApiError> {

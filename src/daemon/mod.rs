@@ -181,15 +181,23 @@ pub(crate) fn spawn_collectors(
             }
         }));
     }
-    if config.collector.vm_builtin {
+    if config.collector.vm_builtin
+        || !config.collector.qmp_sockets.is_empty()
+        || config.collector.libvirt_run_dir.is_some()
+    {
         let vm_config = fleetmind_collector::vm::VmCollectorConfig {
             host,
             interval: config.collector.vm_interval,
             timeout: config.collector.vm_interval.max(Duration::from_secs(2)),
             rescan: Duration::from_secs(5),
-            builtin_dir: Some(config.vmm_socket_dir()),
+            builtin_dir: config.collector.vm_builtin.then(|| config.vmm_socket_dir()),
             debugfs_kvm_dir: Some(config.collector.debugfs_root.join("kvm")),
             proc_root: config.collector.proc_root.clone(),
+            qmp_sockets: config.collector.qmp_sockets.clone(),
+            libvirt_run_dir: config.collector.libvirt_run_dir.clone(),
+            qmp_guest_stats_interval_s: Some(config.collector.qmp_guest_stats_interval.as_secs())
+                .filter(|s| *s > 0)
+                .map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
         };
         tasks.push(tokio::spawn(fleetmind_collector::vm::run_vm_collector(
             vm_config,

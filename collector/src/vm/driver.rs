@@ -18,7 +18,10 @@ use tokio::time::MissedTickBehavior;
 
 use super::builtin::{self, BuiltinSource};
 use super::debugfs::{DebugfsConfig, DebugfsSource};
+use super::libvirt;
+use super::qmp::{QmpSource, QmpSourceConfig};
 use super::{RateTracker, SourceError, VmSource};
+use fleetmind_schema::VmmKind;
 
 /// Longest wait between two attempts of a failing source.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -38,8 +41,15 @@ pub struct VmCollectorConfig {
     pub builtin_dir: Option<PathBuf>,
     /// KVM's debugfs directory, read as a fallback for any VMM when it exists; `None` never.
     pub debugfs_kvm_dir: Option<PathBuf>,
-    /// Root of procfs (vCPU threads and memory of processes found through debugfs).
+    /// Root of procfs (vCPU threads and memory of QEMU processes and of processes found
+    /// through debugfs).
     pub proc_root: PathBuf,
+    /// QMP sockets of QEMU VMs to read (each a monitor of its own, not libvirt's).
+    pub qmp_sockets: Vec<PathBuf>,
+    /// libvirt's QEMU run directory, scanned for domains with a QMP monitor for fleetmind.
+    pub libvirt_run_dir: Option<PathBuf>,
+    /// Ask QEMU balloon devices to refresh guest memory statistics this often (seconds).
+    pub qmp_guest_stats_interval_s: Option<u32>,
 }
 
 /// One endpoint to read.
@@ -49,6 +59,8 @@ enum Endpoint {
     Builtin(PathBuf),
     /// KVM's debugfs directory.
     Debugfs(PathBuf),
+    /// A QEMU's QMP socket, configured or found through libvirt.
+    Qmp(PathBuf, VmmKind),
 }
 
 impl Endpoint {
@@ -58,6 +70,14 @@ impl Endpoint {
                 socket.clone(),
                 config.timeout,
             )?)),
+            Endpoint::Qmp(socket, vmm) => {
+                let mut qmp = QmpSourceConfig::new(socket.clone(), config.host.clone());
+                qmp.proc_root = config.proc_root.clone();
+                qmp.timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
+                qmp.guest_stats_interval_s = config.qmp_guest_stats_interval_s;
+                qmp.vmm = *vmm;
+                Ok(Box::new(QmpSource::new(qmp)))
+            }
             Endpoint::Debugfs(dir) => Ok(Box::new(DebugfsSource::new(DebugfsConfig {
                 kvm_dir: dir.clone(),
                 proc_root: config.proc_root.clone(),
@@ -72,6 +92,30 @@ fn endpoints(config: &VmCollectorConfig) -> Vec<Endpoint> {
     let mut out = Vec::new();
     if let Some(dir) = &config.builtin_dir {
         out.extend(builtin::discover(dir).into_iter().map(Endpoint::Builtin));
+    }
+    out.extend(
+        config
+            .qmp_sockets
+            .iter()
+            .map(|s| Endpoint::Qmp(s.clone(), VmmKind::Qemu)),
+    );
+    if let Some(run_dir) = &config.libvirt_run_dir {
+        match libvirt::discover(run_dir) {
+            Ok(domains) => {
+                for domain in domains {
+                    match domain.qmp_socket() {
+                        Some(socket) => {
+                            out.push(Endpoint::Qmp(socket.to_path_buf(), VmmKind::Libvirt));
+                        }
+                        None => tracing::debug!(
+                            domain = %domain.name,
+                            "libvirt domain without a QMP monitor for fleetmind; not read"
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot scan libvirt's run directory"),
+        }
     }
     if let Some(dir) = &config.debugfs_kvm_dir
         && DebugfsSource::available(dir)
@@ -253,6 +297,9 @@ mod tests {
             builtin_dir: None,
             debugfs_kvm_dir: None,
             proc_root: PathBuf::from("/proc"),
+            qmp_sockets: Vec::new(),
+            libvirt_run_dir: None,
+            qmp_guest_stats_interval_s: None,
         };
         let e = SourceError::new("x.sock: connect: No such file");
         let Record::CollectorHealth(h) = health(
