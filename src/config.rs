@@ -114,6 +114,10 @@ pub enum StreamKind {
     /// Segment files under `data_dir/events` (the default; no external service).
     #[default]
     Embedded,
+    /// A Kafka-protocol broker (`[stream.kafka]`): records are still written to the embedded
+    /// log first (the spill while the broker is away), shipped to one topic per record kind,
+    /// and the engine consumes them back as a consumer group.
+    Kafka,
 }
 
 /// When the embedded log calls fsync.
@@ -133,8 +137,11 @@ pub enum FsyncMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
-    /// Backend. Only `"embedded"` for now.
+    /// Backend: `"embedded"` or `"kafka"` (then `[stream.kafka]` is required).
     pub kind: StreamKind,
+    /// The broker and topics for `kind = "kafka"`: `brokers` (required), `topic_prefix`,
+    /// `group_id`, and tuning keys documented in `fleetmind_stream::KafkaConfig`.
+    pub kafka: Option<fleetmind_stream::KafkaConfig>,
     /// Size at which a segment file is closed and a new one started, in bytes. Default 64 MiB.
     pub segment_bytes: u64,
     /// fsync policy. Records acknowledged by an append survive a crash of the process
@@ -154,6 +161,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             kind: StreamKind::Embedded,
+            kafka: None,
             segment_bytes: 64 << 20,
             fsync: FsyncMode::Interval,
             fsync_interval: Duration::from_secs(1),
@@ -336,6 +344,20 @@ impl Config {
         if self.collector.vm_interval < Duration::from_millis(100) {
             return invalid("collector.vm_interval", "must be at least 100ms");
         }
+        if self.stream.kind == StreamKind::Kafka {
+            match &self.stream.kafka {
+                None => {
+                    return invalid(
+                        "stream.kafka",
+                        "kind = \"kafka\" needs a [stream.kafka] table with brokers",
+                    );
+                }
+                Some(k) if k.brokers.trim().is_empty() => {
+                    return invalid("stream.kafka.brokers", "must list at least one broker");
+                }
+                Some(_) => {}
+            }
+        }
         if self.stream.segment_bytes < 4096 {
             return invalid("stream.segment_bytes", "must be at least 4096");
         }
@@ -495,6 +517,16 @@ mod tests {
         assert!(err.to_string().contains("api.listen"), "{err}");
         let err = parse("[server]\nagent_tokens = [\"short\"]\n").expect_err("short token");
         assert!(err.to_string().contains("server.agent_tokens"), "{err}");
+        let err = parse("[stream]\nkind = \"kafka\"\n").expect_err("kafka without brokers");
+        assert!(err.to_string().contains("stream.kafka"), "{err}");
+        let config = parse("[stream]\nkind = \"kafka\"\n[stream.kafka]\nbrokers = \"b1:9092\"\n")
+            .expect("kafka with brokers");
+        assert_eq!(
+            config.stream.kafka.map(|k| k.topic_prefix).as_deref(),
+            Some("fleetmind")
+        );
+        let err = parse("[stream.kafka]\nbrokers = \"b\"\nbrokerz = 1\n").expect_err("typo");
+        assert!(err.to_string().contains("brokerz"), "{err}");
         let err = parse("[vmm]\ndemo_hosts = 0\n").expect_err("no hosts");
         assert!(err.to_string().contains("vmm.demo_hosts"), "{err}");
         let err = parse("[vmm]\ndemo_day_length = \"1s\"\n").expect_err("short day");

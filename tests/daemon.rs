@@ -131,25 +131,7 @@ async fn query_endpoint_is_read_only_and_explains_errors() {
 
 /// A host sample of the fake host `kill-test` at `base_ms + seq`.
 fn sample(base_ms: u64, seq: u64) -> Value {
-    json!({
-        "schema_version": 1,
-        "kind": "host_sample",
-        "ts": base_ms + seq,
-        "host": "kill-test",
-        "interval_ms": 1000,
-        "cpus": 2,
-        "cpu": {"user_frac": 0.1, "system_frac": 0.1, "iowait_frac": 0.0, "steal_frac": 0.0,
-                "idle_frac": 0.8, "busy_frac": 0.2},
-        "per_cpu": [],
-        "load1": 0.5,
-        "mem": {"total_bytes": 1000, "free_bytes": 500, "available_bytes": 600, "cached_bytes": 50,
-                "used_frac": 0.4, "swap_total_bytes": 0, "swap_free_bytes": 0,
-                "hugepages_total": 0, "hugepages_free": 0, "hugepage_size_bytes": 2097152},
-        "psi": null,
-        "vmstat": {"pgfault_per_s": 0.0, "pgmajfault_per_s": 0.0, "pswpin_per_s": 0.0,
-                   "pswpout_per_s": 0.0, "numa_miss_per_s": 0.0},
-        "numa": []
-    })
+    common::host_sample_json("kill-test", base_ms + seq)
 }
 
 /// SIGKILL during ingest, restart: every record acknowledged before the kill is there.

@@ -295,7 +295,14 @@ async fn vm_collector_reports_an_unreachable_vmm_host_and_its_recovery() {
 
     // The host comes up on that socket: the collector reads it and says so.
     let mut host = Command::new(common::bin())
-        .args(["vmm", "--name", "h9", "--data-dir", data_dir, "--exit-with-stdin"])
+        .args([
+            "vmm",
+            "--name",
+            "h9",
+            "--data-dir",
+            data_dir,
+            "--exit-with-stdin",
+        ])
         .env("FLEETMIND_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

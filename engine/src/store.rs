@@ -16,8 +16,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use fleetmind_schema::{
-    Action, Anomaly, ArrowRecord, AuditRecord, CollectorHealth, HostSample, Incident, Recommendation, Record,
-    RecordKind, TimestampMs, ToBatchError, VmSample, now_ms, to_record_batch,
+    Action, Anomaly, ArrowRecord, AuditRecord, CollectorHealth, HostSample, Incident,
+    Recommendation, Record, RecordKind, TimestampMs, ToBatchError, VmSample, now_ms,
+    to_record_batch,
 };
 
 use crate::chunk::{self, Chunk};

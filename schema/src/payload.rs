@@ -208,11 +208,17 @@ mod tests {
         let figures = measure_vm_samples(&samples, 32).expect("measures");
         assert_eq!(figures.len(), 3);
         let (json, one, batched) = (&figures[0], &figures[1], &figures[2]);
-        assert_eq!((one.records_per_message, batched.records_per_message), (1, 32));
+        assert_eq!(
+            (one.records_per_message, batched.records_per_message),
+            (1, 32)
+        );
         // A one-record IPC stream carries its schema: bigger than the JSON envelope; a batch
         // spreads it.
         assert!(one.bytes_per_record > json.bytes_per_record, "{figures:?}");
-        assert!(batched.bytes_per_record < one.bytes_per_record, "{figures:?}");
+        assert!(
+            batched.bytes_per_record < one.bytes_per_record,
+            "{figures:?}"
+        );
         assert!(matches!(
             measure_vm_samples(&[], 1),
             Err(MeasurePayloadError::Empty)

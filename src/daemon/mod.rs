@@ -5,6 +5,7 @@
 //! * `run`: both in one process; the collector appends straight into the local event log.
 
 mod agent;
+mod kafka;
 mod pipeline;
 mod vmm_hosts;
 
@@ -23,7 +24,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::DaemonArgs;
-use crate::config::{Config, FsyncMode};
+use crate::config::{Config, FsyncMode, StreamKind};
 
 /// Which role this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,12 +236,29 @@ async fn run_server(
     let source: Arc<dyn EventSource> = Arc::new(log.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
-    let consumer = tokio::spawn(pipeline::consume_into_engine(
-        source.clone(),
-        store.clone(),
-        progress.clone(),
-        shutdown.clone(),
-    ));
+    // The engine reads the embedded log, or, with Kafka, the broker (the log is then the spill
+    // that the shipper empties into the broker).
+    let kafka = match (config.stream.kind, &config.stream.kafka) {
+        (StreamKind::Kafka, Some(kafka)) => Some(kafka::start_kafka(
+            kafka.clone(),
+            &data_dir,
+            source.clone(),
+            store.clone(),
+            progress.clone(),
+            &shutdown,
+        )?),
+        _ => None,
+    };
+    let consumer = match &kafka {
+        Some(k) => k.consumer_handle(),
+        None => tokio::spawn(pipeline::consume_into_engine(
+            source.clone(),
+            store.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        )),
+    };
+    let kafka_status = kafka.as_ref().map(kafka::KafkaPipeline::status_fn);
 
     // Collectors -> log (the all-in-one role, or a server asked to watch its own host).
     let mut collector_handles = Vec::new();
@@ -302,11 +320,15 @@ async fn run_server(
         let started = std::time::Instant::now();
         Arc::new(move || {
             let stopped = progress.stopped_reason();
+            let stream = match &kafka_status {
+                Some(kafka) => kafka(source.end_offset().0),
+                None => json!({"kind": "embedded", "end_offset": source.end_offset().0}),
+            };
             let mut status = json!({
                 "role": role.name(),
                 "uptime_s": started.elapsed().as_secs(),
                 "hypervisor": kvm,
-                "stream": {"kind": "embedded", "end_offset": source.end_offset().0},
+                "stream": stream,
                 "engine": {
                     "next_offset": progress.next_offset.load(Ordering::Acquire),
                     "rejected": progress.rejected.load(Ordering::Relaxed),

@@ -24,7 +24,7 @@ pub struct IngestProgress {
 }
 
 impl IngestProgress {
-    fn stop(&self, reason: String) {
+    pub(super) fn stop(&self, reason: String) {
         tracing::error!(%reason, "engine ingest stopped");
         *self
             .stopped

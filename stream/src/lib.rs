@@ -5,8 +5,9 @@
 //! offset and tail) and ships the default implementation, [`EventLog`]: an append-only log of
 //! segment files in a local directory, safe against `kill -9`, with a configurable fsync policy,
 //! size and age retention, replay from any retained offset and live tail subscriptions for many
-//! readers. A Kafka backend can implement the same two traits later; nothing above this crate
-//! needs to know which one it talks to.
+//! readers. Nothing above this crate needs to know which backend it talks to. The [`kafka`]
+//! module moves the log's records through a Kafka-protocol broker to a remote engine, with the
+//! embedded log as the spill while the broker is away.
 //!
 //! Payloads are opaque byte strings; the daemon stores one JSON-encoded event envelope per record.
 //! Offsets are a global, monotonic `u64` record index starting at 0 and stable across restarts
@@ -20,12 +21,15 @@
 //! - [`reader`]: synchronous replay ([`Replay`]) shared by replays and subscriptions.
 //! - [`subscribe`]: live tail subscriptions of the embedded log.
 //! - [`bench`](mod@bench): [`bench_log`], the measurement behind `fleetmind bench log`.
+//! - [`kafka`]: the Kafka backend: [`KafkaConfig`], the shipper ([`run_shipper`]) that moves the
+//!   log's records to the broker, the engine's consumer ([`run_consumer`]).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod kafka;
 pub mod log;
 pub mod reader;
 pub mod segment;
@@ -43,6 +47,10 @@ pub use api::{
 };
 pub use bench::{BenchError, BenchReport, Throughput, bench_log};
 pub use config::{FsyncPolicy, LogConfig, RetentionPolicy};
+pub use kafka::{
+    ConsumeError, ConsumerProgress, ConsumerStatus, KafkaConfig, ShipError, ShipperProgress,
+    ShipperStatus, TopicError, run_consumer, run_shipper,
+};
 pub use log::{EventLog, OpenLogError, ReplayError, RetentionError, RetentionReport};
 pub use reader::Replay;
 

@@ -180,6 +180,29 @@ pub fn process_gone(pid: u64) -> bool {
     }
 }
 
+/// The JSON envelope of a host sample of `host` at `ts` (ms), as agents post them.
+pub fn host_sample_json(host: &str, ts: u64) -> Value {
+    serde_json::json!({
+        "schema_version": 1,
+        "kind": "host_sample",
+        "ts": ts,
+        "host": host,
+        "interval_ms": 1000,
+        "cpus": 2,
+        "cpu": {"user_frac": 0.1, "system_frac": 0.1, "iowait_frac": 0.0, "steal_frac": 0.0,
+                "idle_frac": 0.8, "busy_frac": 0.2},
+        "per_cpu": [],
+        "load1": 0.5,
+        "mem": {"total_bytes": 1000, "free_bytes": 500, "available_bytes": 600, "cached_bytes": 50,
+                "used_frac": 0.4, "swap_total_bytes": 0, "swap_free_bytes": 0,
+                "hugepages_total": 0, "hugepages_free": 0, "hugepage_size_bytes": 2097152},
+        "psi": null,
+        "vmstat": {"pgfault_per_s": 0.0, "pgmajfault_per_s": 0.0, "pswpin_per_s": 0.0,
+                   "pswpout_per_s": 0.0, "numa_miss_per_s": 0.0},
+        "numa": []
+    })
+}
+
 /// GET returning (status, JSON body).
 pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let response = client.get(url).send().await.expect("request");
