@@ -218,6 +218,26 @@ pub enum ConfigCommand {
 pub enum BenchCommand {
     /// Event log append and replay throughput against a plain buffered write of the same bytes.
     Log(BenchLogArgs),
+    /// Collector CPU time per 1,000 values: the host and VM collectors for a while, this
+    /// process's CPU and the VMM hosts' (reported apart).
+    Collect(crate::bench_collect::BenchCollectArgs),
+    /// Stream payload encodings: JSON envelope per record against Arrow IPC per record and
+    /// per batch, in bytes and encode/decode time per record.
+    Payload(BenchPayloadArgs),
+}
+
+/// Options of `fleetmind bench payload`.
+#[derive(Debug, Args)]
+pub struct BenchPayloadArgs {
+    /// VM samples to encode.
+    #[arg(long, default_value_t = 20_000)]
+    pub records: usize,
+    /// Records per Arrow IPC batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Rounds; the best time of each is kept.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// Options of `fleetmind bench log`.

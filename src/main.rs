@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_collect;
+mod bench_payload;
 mod cli;
 mod config;
 mod daemon;
@@ -51,6 +53,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Log(args)) => bench::log(&args),
+        Command::Bench(BenchCommand::Payload(args)) => bench_payload::payload(&args),
+        Command::Bench(BenchCommand::Collect(args)) => bench_collect::run(&args),
     }
 }
 

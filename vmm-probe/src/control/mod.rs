@@ -518,7 +518,8 @@ impl VmmControl {
     pub fn stats(&self, name: &str) -> Result<VmStats, ControlError> {
         let vm = self.vm(name)?;
         let mut fds = vm.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        stats::collect(&vm.handle, &mut fds, &self.proc_root)
+        let mappings = stats::own_numa_maps(&self.proc_root);
+        stats::collect(&vm.handle, &mut fds, &self.proc_root, &mappings)
     }
 
     /// Stats of every VM, for collectors (one request per host and interval). A VM whose
@@ -532,10 +533,11 @@ impl VmmControl {
             .values()
             .cloned()
             .collect();
+        let mappings = stats::own_numa_maps(&self.proc_root);
         vms.iter()
             .filter_map(|vm| {
                 let mut fds = vm.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                stats::collect(&vm.handle, &mut fds, &self.proc_root)
+                stats::collect(&vm.handle, &mut fds, &self.proc_root, &mappings)
                     .inspect_err(|e| {
                         tracing::warn!(vm = %vm.handle.name(), error = %e, "VM stats unreadable");
                     })

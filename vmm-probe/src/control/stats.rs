@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::{ControlError, ControlErrorKind};
 use crate::host_facts::{
-    MappingFilter, PerNode, numa_residency, thread_allowed_cpus, thread_last_cpu, thread_schedstat,
+    MappingFilter, NumaMapping, PerNode, read_numa_maps, residency, thread_allowed_cpus,
+    thread_last_cpu, thread_schedstat,
 };
 use crate::stats::{KvmStats, StatsSnapshot};
 use crate::vmm::{BalloonStatus, ExitCounts, GuestCounters, VmHandle, VmState};
@@ -107,11 +108,19 @@ fn internal(e: &dyn std::error::Error) -> ControlError {
     ControlError::from_error(ControlErrorKind::Internal, e)
 }
 
-/// Opens the stats fds at first use, reads everything.
+/// This process's `numa_maps`, read once for several VMs (it lists every mapping of the
+/// process, so reading it per VM costs as many times more).
+pub(super) fn own_numa_maps(proc_root: &Path) -> Vec<NumaMapping> {
+    read_numa_maps(proc_root, own_pid()).unwrap_or_default()
+}
+
+/// Opens the stats fds at first use, reads everything; `mappings` is this process's
+/// `numa_maps` (see [`own_numa_maps`]).
 pub(super) fn collect(
     handle: &VmHandle,
     fds: &mut Option<KvmStatsFds>,
     proc_root: &Path,
+    mappings: &[NumaMapping],
 ) -> Result<VmStats, ControlError> {
     if fds.is_none() {
         let vm = KvmStats::open(&handle.vm_fd()).map_err(|e| internal(&e))?;
@@ -151,7 +160,7 @@ pub(super) fn collect(
             vcpus,
         },
         threads,
-        memory: memory_placement(proc_root, handle),
+        memory: placement_in(mappings, handle),
         balloon: handle.balloon(),
         tsc_khz: handle.tsc_khz(),
     })
@@ -177,17 +186,20 @@ pub(super) fn vcpu_thread(proc_root: &Path, vcpu: u32, tid: i32) -> VcpuThread {
 
 /// Residency of the VM's guest memory per node, from `numa_maps`.
 pub(super) fn memory_placement(proc_root: &Path, handle: &VmHandle) -> MemoryPlacement {
+    placement_in(&own_numa_maps(proc_root), handle)
+}
+
+/// Residency of the VM's guest memory per node among `mappings`.
+fn placement_in(mappings: &[NumaMapping], handle: &VmHandle) -> MemoryPlacement {
     let range = handle.guest_memory();
     let start = range.addr as u64;
-    let per_node = numa_residency(
-        proc_root,
-        own_pid(),
+    let per_node = residency(
+        mappings,
         MappingFilter::StartIn {
             start,
             end: start + range.len as u64,
         },
-    )
-    .unwrap_or_default();
+    );
     MemoryPlacement {
         guest_bytes: range.len as u64,
         resident_bytes: per_node.values().sum(),
