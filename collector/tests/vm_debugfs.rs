@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use fleetmind_collector::vm::debugfs::{DebugfsConfig, DebugfsSource};
+use std::sync::Arc;
+
+use fleetmind_collector::vm::debugfs::{CoveredPids, DebugfsConfig, DebugfsSource};
 use fleetmind_schema::VmmKind;
 
 fn write(path: &Path, text: &str) {
@@ -61,10 +63,12 @@ fn debugfs_vm_directories_become_readings() {
     write(&proc_root.join("5000/comm"), "firecracker\n");
     thread(&proc_root, 5000, 5001, "fc_vcpu 0", 1);
 
+    let covered = Arc::new(CoveredPids::default());
     let source = DebugfsSource::new(DebugfsConfig {
         kvm_dir: kvm.clone(),
         proc_root: proc_root.clone(),
         host: "h1".into(),
+        covered: Arc::clone(&covered),
     });
     let readings = source.read_now().expect("reads");
     assert_eq!(readings.len(), 3);
@@ -101,6 +105,17 @@ fn debugfs_vm_directories_become_readings() {
     assert_eq!(readings[2].name, "firecracker-4");
     assert!(readings[1].vcpus.is_empty());
     assert_ne!(readings[1].instance, readings[2].instance);
+    assert_eq!(qemu.vmm_pid, Some(4242));
+
+    // Once another source (QMP) reads the QEMU, the fallback leaves it out.
+    covered.mark(4242);
+    let names: Vec<_> = source
+        .read_now()
+        .expect("reads")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["firecracker-3", "firecracker-4"]);
 
     // A VM directory that cannot be read is an error naming the path.
     std::fs::remove_dir_all(&kvm).unwrap();

@@ -200,6 +200,7 @@ fn parse_vm(
         name: name.to_owned(),
         vmm: VmmKind::Builtin,
         instance: (pid << 32) | (id & 0xFFFF_FFFF),
+        vmm_pid: u32::try_from(pid).ok(),
         mem_bytes: u64_at(&memory["guest_bytes"], "memory.guest_bytes")?,
         rss_bytes: memory["resident_bytes"].as_u64().unwrap_or(0),
         numa_resident,

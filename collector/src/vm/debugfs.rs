@@ -8,10 +8,13 @@
 //! process runs one VM, otherwise threads cannot be told apart). VMs are named after the
 //! process (`-name` of a QEMU command line, else the command). Many kernels lock debugfs down
 //! (files answer EPERM even to root); then this source reports that once per retry like any
-//! failing source, and the stats-fd or QMP sources are the way in.
+//! failing source, and the stats-fd or QMP sources are the way in. Processes another source
+//! already reads ([`CoveredPids`]) are left out, so no VM is counted twice.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use fleetmind_schema::VmmKind;
 use futures::future::BoxFuture;
@@ -29,6 +32,37 @@ pub struct DebugfsConfig {
     pub proc_root: PathBuf,
     /// The host the VMs run on.
     pub host: String,
+    /// Processes other sources read; their VMs are left out here.
+    pub covered: Arc<CoveredPids>,
+}
+
+/// Processes whose VMs another source reads (built-in VMM hosts, QEMUs over QMP), as those
+/// sources last saw them: the debugfs fallback leaves them out so that no VM is counted twice.
+/// A process not seen for [`CoveredPids::TTL`] is forgotten (it exited; its pid may be reused).
+#[derive(Debug, Default)]
+pub struct CoveredPids(Mutex<HashMap<u32, Instant>>);
+
+impl CoveredPids {
+    /// How long a sighting counts.
+    pub const TTL: Duration = Duration::from_secs(60);
+
+    /// Another source read a VM of `pid` just now.
+    pub fn mark(&self, pid: u32) {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        seen.retain(|_, at| now.duration_since(*at) < Self::TTL);
+        seen.insert(pid, now);
+    }
+
+    /// Whether another source read a VM of `pid` lately.
+    #[must_use]
+    pub fn contains(&self, pid: u32) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .is_some_and(|at| at.elapsed() < Self::TTL)
+    }
 }
 
 /// Every VM in KVM's debugfs directory.
@@ -69,6 +103,9 @@ impl DebugfsSource {
                 let name = e.file_name().into_string().ok()?;
                 let (pid, fd) = name.split_once('-')?;
                 Some((pid.parse().ok()?, fd.parse().ok()?, e.path()))
+            })
+            .filter(|(pid, _, _)| {
+                !u32::try_from(*pid).is_ok_and(|p| self.config.covered.contains(p))
             })
             .collect();
         vm_dirs.sort();
@@ -144,6 +181,7 @@ impl DebugfsSource {
             name,
             vmm: VmmKind::Qemu,
             instance: (u64::try_from(pid).unwrap_or(0) << 32) | (fd & 0xFFFF_FFFF),
+            vmm_pid: u32::try_from(pid).ok(),
             mem_bytes: 0,
             rss_bytes: vm_rss_bytes(&process).unwrap_or(0),
             numa_resident: Vec::new(),

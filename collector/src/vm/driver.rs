@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmind_schema::{CollectorHealth, Record};
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::builtin::{self, BuiltinSource};
-use super::debugfs::{DebugfsConfig, DebugfsSource};
+use super::debugfs::{CoveredPids, DebugfsConfig, DebugfsSource};
 use super::libvirt;
 use super::qmp::{QmpSource, QmpSourceConfig};
 use super::{RateTracker, SourceError, VmSource};
@@ -64,7 +65,11 @@ enum Endpoint {
 }
 
 impl Endpoint {
-    fn source(&self, config: &VmCollectorConfig) -> Result<Box<dyn VmSource>, SourceError> {
+    fn source(
+        &self,
+        config: &VmCollectorConfig,
+        covered: &Arc<CoveredPids>,
+    ) -> Result<Box<dyn VmSource>, SourceError> {
         match self {
             Endpoint::Builtin(socket) => Ok(Box::new(BuiltinSource::new(
                 socket.clone(),
@@ -82,6 +87,7 @@ impl Endpoint {
                 kvm_dir: dir.clone(),
                 proc_root: config.proc_root.clone(),
                 host: config.host.clone(),
+                covered: Arc::clone(covered),
             }))),
         }
     }
@@ -132,6 +138,7 @@ pub async fn run_vm_collector(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<Endpoint, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+    let covered = Arc::new(CoveredPids::default());
     tracing::info!(interval = ?config.interval, builtin_dir = ?config.builtin_dir, "VM collector started");
     loop {
         let desired: HashSet<Endpoint> = endpoints(&config).into_iter().collect();
@@ -147,12 +154,19 @@ pub async fn run_vm_collector(
             if running.contains_key(&endpoint) {
                 continue;
             }
-            match endpoint.source(&config) {
+            // Every source but the debugfs fallback tells it which processes it covers.
+            let marks = (!matches!(endpoint, Endpoint::Debugfs(_))).then(|| Arc::clone(&covered));
+            match endpoint.source(&config, &covered) {
                 Ok(source) => {
                     tracing::info!(source = %source.name(), "VM source found");
                     let (stop, stopped) = watch::channel(false);
-                    let task =
-                        tokio::spawn(run_source(source, config.clone(), out.clone(), stopped));
+                    let task = tokio::spawn(run_source(
+                        source,
+                        config.clone(),
+                        out.clone(),
+                        stopped,
+                        marks,
+                    ));
                     running.insert(endpoint, (stop, task));
                 }
                 Err(e) => tracing::error!(?endpoint, error = %e, "cannot set up VM source"),
@@ -213,6 +227,7 @@ async fn run_source(
     config: VmCollectorConfig,
     out: mpsc::Sender<Record>,
     mut stop: watch::Receiver<bool>,
+    covered: Option<Arc<CoveredPids>>,
 ) {
     let name = source.name();
     let mut tracker = RateTracker::new();
@@ -242,6 +257,11 @@ async fn run_source(
                     }
                 }
                 let live: HashSet<String> = readings.iter().map(|r| r.vm.clone()).collect();
+                if let Some(covered) = &covered {
+                    for pid in readings.iter().filter_map(|r| r.vmm_pid) {
+                        covered.mark(pid);
+                    }
+                }
                 for reading in readings {
                     if let Some(sample) = tracker.update(reading)
                         && !send(&out, &mut stop, Record::VmSample(sample)).await

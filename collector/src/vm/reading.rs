@@ -34,6 +34,9 @@ pub struct VmReading {
     pub vmm: VmmKind,
     /// Changes when the VM (or its VMM process) restarts: a process id, a VMM-assigned id.
     pub instance: u64,
+    /// The process running the VM, where known (lets the debugfs fallback skip VMs another
+    /// source already reads).
+    pub vmm_pid: Option<u32>,
     /// Configured guest memory.
     pub mem_bytes: u64,
     /// Resident memory of the VM (its guest memory's share of the VMM process).
@@ -227,6 +230,7 @@ mod tests {
             name: "a".into(),
             vmm: VmmKind::Builtin,
             instance,
+            vmm_pid: Some(1),
             mem_bytes: 64 << 20,
             rss_bytes: 1 << 20,
             numa_resident: vec![],

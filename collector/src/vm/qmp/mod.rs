@@ -332,6 +332,7 @@ impl QmpSource {
             name,
             vmm,
             instance: pid.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+            vmm_pid: pid.and_then(|p| u32::try_from(p).ok()),
             mem_bytes,
             rss_bytes,
             numa_resident,
