@@ -201,27 +201,10 @@ async fn no_demo_starts_no_hosts() {
 
 #[test]
 fn a_vmm_host_guards_its_socket_and_exits_when_stdin_closes() {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().to_str().expect("utf-8 temp path");
-    let mut first = Command::new(common::bin())
-        .args([
-            "vmm",
-            "--name",
-            "h1",
-            "--data-dir",
-            data_dir,
-            "--exit-with-stdin",
-        ])
-        .env("FLEETMIND_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn fleetmind vmm");
-    let mut lines = BufReader::new(first.stdout.take().expect("stdout")).lines();
-    let announced = lines.next().expect("a line").expect("read");
+    let first = common::VmmHost::start("h1", data_dir);
+    let announced = first.announced.clone();
     let socket = dir.path().join("vmm/h1.sock");
     assert_eq!(
         announced,
@@ -251,17 +234,13 @@ fn a_vmm_host_guards_its_socket_and_exits_when_stdin_closes() {
     let (code, out, _) = vm_cli(dir.path(), &["hosts"]);
     assert_eq!(code, 0);
     assert!(out.contains("h1"), "{out}");
-    drop(first.stdin.take());
-    let status = first.wait().expect("wait");
+    let status = first.stop();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket outlived its host");
 }
 
 #[tokio::test]
 async fn vm_collector_reports_an_unreachable_vmm_host_and_its_recovery() {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().to_str().expect("utf-8 temp path");
     // A socket file nobody serves: connections are refused.
@@ -294,26 +273,10 @@ async fn vm_collector_reports_an_unreachable_vmm_host_and_its_recovery() {
     assert_eq!(count(true).await, 0);
 
     // The host comes up on that socket: the collector reads it and says so.
-    let mut host = Command::new(common::bin())
-        .args([
-            "vmm",
-            "--name",
-            "h9",
-            "--data-dir",
-            data_dir,
-            "--exit-with-stdin",
-        ])
-        .env("FLEETMIND_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn fleetmind vmm");
-    let mut lines = BufReader::new(host.stdout.take().expect("stdout")).lines();
-    let _announced = lines.next();
+    let host = common::VmmHost::start("h9", data_dir);
     wait_for("a healthy record once the host serves", WAIT, || async {
         (count(true).await >= 1).then_some(())
     })
     .await;
-    drop(host.stdin.take());
-    host.wait().expect("host exits");
+    assert!(host.stop().success());
 }

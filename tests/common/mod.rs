@@ -155,6 +155,54 @@ where
     }
 }
 
+/// A `fleetmind vmm --exit-with-stdin` host; `stop` closes its stdin and waits, dropping it
+/// kills it.
+pub struct VmmHost {
+    pub child: Child,
+    /// The line it announced its socket with.
+    pub announced: String,
+}
+
+impl VmmHost {
+    /// Starts host `name` with its socket under `data_dir`; returns once it has announced it.
+    pub fn start(name: &str, data_dir: &str) -> VmmHost {
+        let mut child = Command::new(bin())
+            .args([
+                "vmm",
+                "--name",
+                name,
+                "--data-dir",
+                data_dir,
+                "--exit-with-stdin",
+            ])
+            .env("FLEETMIND_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fleetmind vmm");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let announced = BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("the host announces its socket")
+            .expect("read stdout");
+        VmmHost { child, announced }
+    }
+
+    /// Closes its stdin (its signal to stop its VMs and exit) and waits for the exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.child.wait().expect("wait for the VMM host")
+    }
+}
+
+impl Drop for VmmHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `fleetmind <args>` to completion: (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
