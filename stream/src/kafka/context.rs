@@ -27,6 +27,12 @@ impl ClientContext for LinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         let role = self.role;
         match level {
+            // While the link is known to be down (already reported once, and shown by the
+            // health endpoint), librdkafka repeats its timeouts every few seconds per broker
+            // connection: those go to debug, so an outage is one warning, not a stream of them.
+            RDKafkaLogLevel::Warning if !self.health.reachable() => {
+                debug!(role, facility = fac, "librdkafka: {log_message}");
+            }
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
