@@ -327,6 +327,18 @@ arrow_record!(
         spec("spec"),
         utf8("rationale"),
         f64("expected_benefit"),
+        u32("rank"),
+        utf8("expected_effect"),
+        strukt(
+            "cost",
+            vec![
+                f64("duration_s"),
+                u64("bytes"),
+                f64("score"),
+                utf8("summary"),
+            ],
+            false,
+        ),
     ]
 );
 

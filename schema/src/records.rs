@@ -444,6 +444,10 @@ pub enum IncidentClass {
     NumaImbalance,
     /// A host running out of room.
     Capacity,
+    /// A host whose VMs ask for more CPU or memory than it has: everyone waits, no single culprit.
+    HostOvercommit,
+    /// One guest spinning out of control: an exit storm or a vCPU pegged far above its baseline.
+    RunawayGuest,
     /// Nothing known fits.
     Unknown,
 }
@@ -558,6 +562,26 @@ pub struct Recommendation {
     pub rationale: String,
     /// Expected benefit in `0..=1`, used for ranking.
     pub expected_benefit: f64,
+    /// Position among the incident's recommendations, from 1: the cheapest effective action first.
+    pub rank: u32,
+    /// What should change if the action is taken (`vm-1 vCPU 0 run-queue delay back under 5%`).
+    pub expected_effect: String,
+    /// What the action costs.
+    pub cost: ActionCost,
+}
+
+/// The estimated cost of an action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionCost {
+    /// How long the action takes, in seconds (for a migration: memory size and dirty rate over
+    /// the link's bandwidth).
+    pub duration_s: f64,
+    /// Bytes the action copies (memory moved between nodes, sent to another host).
+    pub bytes: u64,
+    /// Relative cost in `0..=1` used for ordering: 0 is free, 1 the most disruptive.
+    pub score: f64,
+    /// One line for the operator (`copies 2.0 GiB at ~1 GiB/s: about 2 s`).
+    pub summary: String,
 }
 
 /// States of an action, from proposal to verification.

@@ -224,6 +224,14 @@ fn recommendation() -> Recommendation {
         spec: spec(),
         rationale: "isolate the noisy VM on CPU 1".into(),
         expected_benefit: 0.6,
+        rank: 1,
+        expected_effect: "vm-1 vCPU 0 run-queue delay back under 5%".into(),
+        cost: ActionCost {
+            duration_s: 0.001,
+            bytes: 0,
+            score: 0.05,
+            summary: "one sched_setaffinity call; no guest pause".into(),
+        },
     }
 }
 
