@@ -50,6 +50,7 @@ fn sample(i: usize) -> VmSample {
         balloon_target_bytes: Some(0),
         balloon_actual_bytes: Some(0),
         guest_free_bytes: Some((500 + (i % 13) as u64) << 20),
+        dirty_bytes_per_s: None,
         vcpus: (0..vcpus)
             .map(|v| VcpuSample {
                 vcpu: v as u32,

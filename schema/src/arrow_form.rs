@@ -87,6 +87,9 @@ fn u64(name: &str) -> Field {
 fn opt_u64(name: &str) -> Field {
     Field::new(name, DataType::UInt64, true)
 }
+fn opt_f64(name: &str) -> Field {
+    Field::new(name, DataType::Float64, true)
+}
 fn u32(name: &str) -> Field {
     Field::new(name, DataType::UInt32, false)
 }
@@ -247,6 +250,7 @@ arrow_record!(
         opt_u64("balloon_target_bytes"),
         opt_u64("balloon_actual_bytes"),
         opt_u64("guest_free_bytes"),
+        opt_f64("dirty_bytes_per_s"),
         list(
             "vcpus",
             struct_type(vec![

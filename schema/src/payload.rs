@@ -185,6 +185,7 @@ mod tests {
             balloon_target_bytes: None,
             balloon_actual_bytes: None,
             guest_free_bytes: None,
+            dirty_bytes_per_s: None,
             vcpus: vec![VcpuSample {
                 vcpu: 0,
                 tid: Some(1),

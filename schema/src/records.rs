@@ -344,6 +344,10 @@ pub struct VmSample {
     pub balloon_actual_bytes: Option<u64>,
     /// Free memory the guest reports, where it reports any.
     pub guest_free_bytes: Option<u64>,
+    /// Guest memory written per second over the interval, where the VMM can tell (the built-in
+    /// VMM counts the pages its guest dirties); what a live migration has to keep re-sending.
+    #[serde(default)]
+    pub dirty_bytes_per_s: Option<f64>,
     /// Per-vCPU figures.
     #[serde(default)]
     pub vcpus: Vec<VcpuSample>,

@@ -144,6 +144,7 @@ fn vm_sample() -> VmSample {
         balloon_target_bytes: Some(67_108_864),
         balloon_actual_bytes: Some(33_554_432),
         guest_free_bytes: None,
+        dirty_bytes_per_s: Some(4_096_000.0),
         vcpus: vec![VcpuSample {
             vcpu: 0,
             tid: Some(4242),

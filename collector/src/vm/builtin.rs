@@ -207,6 +207,10 @@ fn parse_vm(
         balloon_target_bytes: balloon["target_mib"].as_u64().map(|m| m << 20),
         balloon_actual_bytes: balloon["actual_bytes"].as_u64(),
         guest_free_bytes: balloon["guest_free_bytes"].as_u64(),
+        // The guest counts the 4 KiB working-set pages it writes.
+        dirty_bytes: vm["guest"]["mem_ops"]
+            .as_u64()
+            .map(|pages| pages.saturating_mul(4096)),
         vcpus,
         exits,
     })

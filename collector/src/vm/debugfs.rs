@@ -188,6 +188,7 @@ impl DebugfsSource {
             balloon_target_bytes: None,
             balloon_actual_bytes: None,
             guest_free_bytes: None,
+            dirty_bytes: None,
             vcpus,
             exits,
         })

@@ -49,6 +49,8 @@ pub struct VmReading {
     pub balloon_actual_bytes: Option<u64>,
     /// Free memory the guest reports.
     pub guest_free_bytes: Option<u64>,
+    /// Guest memory written so far, cumulative, where the VMM counts it.
+    pub dirty_bytes: Option<u64>,
     /// Per-vCPU readings.
     pub vcpus: Vec<VcpuReading>,
     /// KVM exit counters of the whole VM by the flavour's names, cumulative.
@@ -210,6 +212,9 @@ fn sample(previous: &VmReading, current: &VmReading) -> Option<VmSample> {
         balloon_target_bytes: current.balloon_target_bytes,
         balloon_actual_bytes: current.balloon_actual_bytes,
         guest_free_bytes: current.guest_free_bytes,
+        dirty_bytes_per_s: current
+            .dirty_bytes
+            .map(|now| rate(previous.dirty_bytes, Some(now))),
         vcpus,
         exits,
     })
@@ -237,6 +242,7 @@ mod tests {
             balloon_target_bytes: None,
             balloon_actual_bytes: None,
             guest_free_bytes: None,
+            dirty_bytes: None,
             vcpus: vec![VcpuReading {
                 vcpu: 0,
                 tid: Some(tid),

@@ -339,6 +339,7 @@ impl QmpSource {
             balloon_target_bytes: balloon_target,
             balloon_actual_bytes: balloon_actual,
             guest_free_bytes: guest_free,
+            dirty_bytes: None,
             vcpus,
             exits: stats::vm_totals(&vm_stats, &vcpu_stats),
         })
