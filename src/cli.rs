@@ -224,6 +224,9 @@ pub enum BenchCommand {
     /// Stream payload encodings: JSON envelope per record against Arrow IPC per record and
     /// per batch, in bytes and encode/decode time per record.
     Payload(BenchPayloadArgs),
+    /// NAB: the streaming detector over a corpus in NAB's layout under NAB's rules; prints the
+    /// three profile scores and the time per record.
+    Nab(crate::bench_nab::BenchNabArgs),
 }
 
 /// Options of `fleetmind bench payload`.

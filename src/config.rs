@@ -183,6 +183,21 @@ pub struct EngineConfig {
     /// Longest a query may run. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Age after which records are served from the Parquet files under `data_dir/parquet`
+    /// instead of memory: the cut-over is the start of the hour this long ago. At most
+    /// `memory_window`. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub compact_after: Duration,
+    /// How often records are compacted from the event log into Parquet and the Parquet
+    /// retention applied. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: Duration,
+    /// Hours of Parquet files older than this are deleted. Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub parquet_retention: Duration,
+    /// Largest total size of the Parquet files, in bytes; the oldest hours are deleted beyond
+    /// it. Default 10 GiB.
+    pub parquet_max_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -191,6 +206,10 @@ impl Default for EngineConfig {
             memory_window: Duration::from_secs(6 * 3600),
             query_max_rows: 10_000,
             query_timeout: Duration::from_secs(10),
+            compact_after: Duration::from_secs(3600),
+            compact_interval: Duration::from_secs(300),
+            parquet_retention: Duration::from_secs(30 * 86_400),
+            parquet_max_bytes: 10 << 30,
         }
     }
 }
@@ -370,6 +389,46 @@ impl Config {
         if self.engine.query_timeout.is_zero() {
             return invalid("engine.query_timeout", "must be above zero");
         }
+        if self.engine.compact_after > self.engine.memory_window {
+            return invalid(
+                "engine.compact_after",
+                "must be at most engine.memory_window: records wait in memory until they are \
+                 compacted",
+            );
+        }
+        // The event log must still hold a record when the compactor comes for it: up to
+        // compact_after + 1 h (the cut-over moves by hours) + one interval after it arrived.
+        let handover = self
+            .engine
+            .compact_after
+            .saturating_add(Duration::from_secs(3600))
+            .saturating_add(self.engine.compact_interval);
+        if self.stream.retention_age <= handover {
+            return invalid(
+                "engine.compact_after",
+                "with engine.compact_interval and the hour the cut-over moves by, must be \
+                 shorter than stream.retention_age, or the event log deletes records before \
+                 they are compacted",
+            );
+        }
+        if self.engine.compact_interval < Duration::from_secs(1) {
+            return invalid("engine.compact_interval", "must be at least 1s");
+        }
+        if self.engine.compact_interval > Duration::from_secs(3600) {
+            return invalid(
+                "engine.compact_interval",
+                "must be at most 1h (late records wait this long to be queryable)",
+            );
+        }
+        if self.engine.parquet_retention < Duration::from_secs(3600) {
+            return invalid("engine.parquet_retention", "must be at least 1h");
+        }
+        if self.engine.parquet_max_bytes < 1 << 20 {
+            return invalid(
+                "engine.parquet_max_bytes",
+                "must be at least 1 MiB (1048576)",
+            );
+        }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes", "must be at least 1024");
         }
@@ -472,6 +531,10 @@ mod tests {
             memory_window = "2h"
             query_max_rows = 50
             query_timeout = "3s"
+            compact_after = "30m"
+            compact_interval = "1m"
+            parquet_retention = "90days"
+            parquet_max_bytes = 1073741824
             [agent]
             server_url = "http://10.0.0.1:8080"
             [server]
@@ -483,6 +546,12 @@ mod tests {
         assert_eq!(config.stream.fsync, FsyncMode::Always);
         assert_eq!(config.stream.retention_age, Duration::from_secs(2 * 86400));
         assert_eq!(config.engine.query_max_rows, 50);
+        assert_eq!(config.engine.compact_after, Duration::from_secs(1800));
+        assert_eq!(
+            config.engine.parquet_retention,
+            Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(config.engine.parquet_max_bytes, 1 << 30);
     }
 
     #[test]
@@ -531,6 +600,25 @@ mod tests {
         assert!(err.to_string().contains("vmm.demo_hosts"), "{err}");
         let err = parse("[vmm]\ndemo_day_length = \"1s\"\n").expect_err("short day");
         assert!(err.to_string().contains("vmm.demo_day_length"), "{err}");
+        let err = parse("[engine]\nmemory_window = \"1h\"\ncompact_after = \"2h\"\n")
+            .expect_err("compact_after past the window");
+        assert!(err.to_string().contains("engine.compact_after"), "{err}");
+        let err = parse("[stream]\nretention_age = \"2h\"\n").expect_err("log too short");
+        assert!(err.to_string().contains("engine.compact_after"), "{err}");
+        let err = parse("[engine]\ncompact_interval = \"0s\"\n").expect_err("zero interval");
+        assert!(err.to_string().contains("engine.compact_interval"), "{err}");
+        let err = parse("[engine]\nparquet_retention = \"10m\"\n").expect_err("short retention");
+        assert!(
+            err.to_string().contains("engine.parquet_retention"),
+            "{err}"
+        );
+        let err = parse("[engine]\nparquet_max_bytes = 10\n").expect_err("tiny cap");
+        assert!(
+            err.to_string().contains("engine.parquet_max_bytes"),
+            "{err}"
+        );
+        let err = parse("[engine]\ncompact_after = \"soon\"\n").expect_err("bad duration");
+        assert!(err.to_string().contains("compact_after"), "{err}");
         let long = format!("[vmm]\nsocket_dir = \"/{}\"\n", "d".repeat(120));
         let err = parse(&long).expect_err("long socket dir");
         assert!(err.to_string().contains("vmm.socket_dir"), "{err}");

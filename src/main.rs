@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_collect;
+mod bench_nab;
 mod bench_payload;
 mod cli;
 mod config;
@@ -55,6 +56,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Log(args)) => bench::log(&args),
         Command::Bench(BenchCommand::Payload(args)) => bench_payload::payload(&args),
         Command::Bench(BenchCommand::Collect(args)) => bench_collect::run(&args),
+        Command::Bench(BenchCommand::Nab(args)) => bench_nab::run(&args),
     }
 }
 

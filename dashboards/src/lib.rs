@@ -11,6 +11,7 @@
 mod agent;
 mod auth;
 mod error;
+mod incidents;
 mod ingest;
 mod routes;
 mod vmm;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use fleetmind_engine::{QueryLimits, Store};
+use fleetmind_engine::{IncidentFeed, QueryLimits, Store};
 use fleetmind_stream::EventSink;
 
 pub use agent::{AgentApiState, agent_app};
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Daemon-side status for the health endpoint.
     pub status: StatusFn,
+    /// The latest incidents and their recommendations, fed by the pipeline.
+    pub feed: Arc<IncidentFeed>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for ApiState {
             .field("query_limits", &self.query_limits)
             .field("agent_tokens", &self.agent_tokens.len())
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("incidents", &self.feed.len())
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +71,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/hosts", get(routes::hosts))
         .route("/api/v1/query", get(routes::query))
         .route("/api/v1/ingest", post(ingest::ingest))
+        .route("/api/v1/incidents", get(incidents::list))
+        .route("/api/v1/incidents/{id}", get(incidents::one))
+        .route("/api/v1/recommendations", get(incidents::recommendations))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -8,7 +8,7 @@ use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode, header};
 use fleetmind_dashboards::{AgentApiState, ApiState, agent_app, app};
 use fleetmind_engine::test_utils::host_sample;
-use fleetmind_engine::{QueryLimits, Store};
+use fleetmind_engine::{IncidentFeed, QueryLimits, Store};
 use fleetmind_remediation::{ActionExecutor, ExecutorRegistry};
 use fleetmind_schema::{ActionKind, ActionSpec, Envelope, Record};
 use fleetmind_stream::{EventLog, EventSource, LogConfig, Offset};
@@ -22,6 +22,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     log: EventLog,
     store: Arc<Store>,
+    feed: Arc<IncidentFeed>,
 }
 
 impl Fixture {
@@ -32,6 +33,7 @@ impl Fixture {
             _dir: dir,
             log,
             store: Arc::new(Store::default()),
+            feed: Arc::new(IncidentFeed::default()),
         }
     }
 
@@ -43,6 +45,7 @@ impl Fixture {
             agent_tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
             max_body_bytes,
             status: Arc::new(|| json!({"role": "test"})),
+            feed: self.feed.clone(),
         })
     }
 }
@@ -366,4 +369,279 @@ async fn agent_actions_need_the_token_and_a_matching_executor() {
     let (status, body, _) = call(agent(Some(TOKEN)), get("/agent/v1/health")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["executors"], json!(["notify"]));
+}
+
+fn subject(host: &str, vm: Option<&str>) -> fleetmind_schema::Subject {
+    fleetmind_schema::Subject {
+        host: host.to_owned(),
+        vm: vm.map(str::to_owned),
+    }
+}
+
+fn incident(
+    id: &str,
+    ts: i64,
+    class: fleetmind_schema::IncidentClass,
+    status: fleetmind_schema::IncidentStatus,
+    host: &str,
+    vm: &str,
+) -> fleetmind_schema::Incident {
+    use fleetmind_schema::{Evidence, Hypothesis, Incident, IncidentStatus, Severity};
+    let vm_id = format!("{host}/{vm}");
+    Incident {
+        id: id.to_owned(),
+        ts,
+        opened_ts: ts - 10_000,
+        resolved_ts: (status == IncidentStatus::Resolved).then_some(ts),
+        status,
+        class,
+        severity: Severity::Warning,
+        title: format!("{class:?} on {host}"),
+        subjects: vec![subject(host, Some(&vm_id))],
+        anomaly_ids: vec![format!("an-{id}")],
+        hypotheses: vec![Hypothesis {
+            class,
+            culprit: subject(host, Some(&vm_id)),
+            confidence: 0.8,
+            evidence: vec![Evidence {
+                subject: subject(host, Some(&vm_id)),
+                series: "vcpu.0.wait_frac".into(),
+                ts: ts - 10_000,
+                value: 0.4,
+                expected: 0.02,
+            }],
+        }],
+    }
+}
+
+fn recommendation(
+    incident: &str,
+    ts: i64,
+    rank: u32,
+    action: ActionKind,
+    host: &str,
+    vm: &str,
+) -> fleetmind_schema::Recommendation {
+    fleetmind_schema::Recommendation {
+        id: format!("{incident}-r{ts}-{rank}"),
+        ts,
+        incident_id: incident.to_owned(),
+        spec: ActionSpec {
+            action,
+            target: subject(host, Some(&format!("{host}/{vm}"))),
+            params: [
+                ("cpus".to_owned(), "0".to_owned()),
+                ("vcpu".to_owned(), "0".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        },
+        rationale: "why".into(),
+        expected_benefit: 0.7,
+        rank,
+        expected_effect: "delay under 10%".into(),
+        cost: fleetmind_schema::ActionCost {
+            duration_s: 0.001,
+            bytes: 0,
+            score: 0.05,
+            summary: "one call".into(),
+        },
+    }
+}
+
+/// i-nn (open noisy neighbour on h1, two recommendations) and i-mem (resolved memory pressure
+/// on h2, one), fed twice: a replay changes nothing.
+fn fed() -> Fixture {
+    use fleetmind_schema::{IncidentClass, IncidentStatus};
+    let f = Fixture::new();
+    let records = [
+        Record::Incident(incident(
+            "i-nn",
+            5_000,
+            IncidentClass::NoisyNeighbour,
+            IncidentStatus::Open,
+            "h1",
+            "victim",
+        )),
+        Record::Recommendation(recommendation(
+            "i-nn",
+            5_000,
+            2,
+            ActionKind::PinVcpus,
+            "h1",
+            "noisy",
+        )),
+        Record::Recommendation(recommendation(
+            "i-nn",
+            5_000,
+            1,
+            ActionKind::PinVcpus,
+            "h1",
+            "victim",
+        )),
+        Record::Incident(incident(
+            "i-mem",
+            3_000,
+            IncidentClass::MemoryPressure,
+            IncidentStatus::Resolved,
+            "h2",
+            "hog",
+        )),
+        Record::Recommendation(recommendation(
+            "i-mem",
+            2_000,
+            1,
+            ActionKind::Balloon,
+            "h2",
+            "hog",
+        )),
+    ];
+    for _ in 0..2 {
+        for r in &records {
+            f.feed.observe(r);
+        }
+    }
+    f
+}
+
+fn ids(body: &Value, field: &str) -> Vec<String> {
+    body[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {body}"))
+        .iter()
+        .map(|v| v["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn incidents_are_listed_newest_first_and_filtered() {
+    let f = fed();
+    let (status, body, _) = call(f.app(&[], 1 << 20), get("/api/v1/incidents")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body, "incidents"), ["i-nn", "i-mem"]);
+    let first: fleetmind_schema::Incident =
+        serde_json::from_value(body["incidents"][0].clone()).expect("the schema's JSON form");
+    assert_eq!(first.hypotheses[0].evidence[0].series, "vcpu.0.wait_frac");
+
+    for (query, expected) in [
+        ("status=open", &["i-nn"][..]),
+        ("status=resolved", &["i-mem"]),
+        ("status=all", &["i-nn", "i-mem"]),
+        ("class=memory_pressure", &["i-mem"]),
+        ("class=numa_imbalance", &[]),
+        ("host=h1", &["i-nn"]),
+        ("vm=hog", &["i-mem"]),
+        ("vm=h1%2Fvictim", &["i-nn"]),
+        ("since=4000", &["i-nn"]),
+        ("limit=1", &["i-nn"]),
+        ("status=resolved&host=h1", &[]),
+        ("status=&class=", &["i-nn", "i-mem"]),
+    ] {
+        let (status, body, _) = call(
+            f.app(&[], 1 << 20),
+            get(&format!("/api/v1/incidents?{query}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(ids(&body, "incidents"), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn one_incident_comes_with_its_recommendations() {
+    let f = fed();
+    let (status, body, _) = call(f.app(&[], 1 << 20), get("/api/v1/incidents/i-nn")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["incident"]["id"], "i-nn");
+    assert_eq!(body["incident"]["class"], "noisy_neighbour");
+    let ranks: Vec<u64> = body["recommendations"]
+        .as_array()
+        .expect("recommendations")
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(ranks, [1, 2], "best first, no duplicates from the replay");
+    assert_eq!(body["recommendations"][0]["spec"]["params"]["cpus"], "0");
+
+    let (status, body, _) = call(f.app(&[], 1 << 20), get("/api/v1/incidents/inc-nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error_body(status, &body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("inc-nope"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn recommendations_are_listed_and_filtered() {
+    let f = fed();
+    let (status, body, _) = call(f.app(&[], 1 << 20), get("/api/v1/recommendations")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        ids(&body, "recommendations"),
+        ["i-nn-r5000-1", "i-nn-r5000-2", "i-mem-r2000-1"]
+    );
+    for (query, expected) in [
+        ("incident=i-mem", &["i-mem-r2000-1"][..]),
+        ("incident=i-none", &[]),
+        ("action=balloon", &["i-mem-r2000-1"]),
+        ("action=migrate", &[]),
+        ("host=h1", &["i-nn-r5000-1", "i-nn-r5000-2"]),
+        ("vm=noisy", &["i-nn-r5000-2"]),
+        ("vm=h2%2Fhog", &["i-mem-r2000-1"]),
+        ("limit=2", &["i-nn-r5000-1", "i-nn-r5000-2"]),
+    ] {
+        let (status, body, _) = call(
+            f.app(&[], 1 << 20),
+            get(&format!("/api/v1/recommendations?{query}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(ids(&body, "recommendations"), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn bad_incident_and_recommendation_parameters_are_named() {
+    let f = fed();
+    for (uri, param) in [
+        ("/api/v1/incidents?status=bogus", "status"),
+        ("/api/v1/incidents?class=noisy", "class"),
+        ("/api/v1/incidents?since=yesterday", "since"),
+        ("/api/v1/incidents?limit=0", "limit"),
+        ("/api/v1/incidents?limit=1001", "limit"),
+        ("/api/v1/incidents?limit=ten", "limit"),
+        ("/api/v1/incidents?colour=red", "colour"),
+        ("/api/v1/recommendations?action=reboot", "action"),
+        ("/api/v1/recommendations?limit=-1", "limit"),
+        ("/api/v1/recommendations?status=open", "status"),
+    ] {
+        let (status, body, _) = call(f.app(&[], 1 << 20), get(uri)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_error_body(status, &body);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(param), "{uri}: {message}");
+    }
+    let request = Request::post("/api/v1/incidents")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body, _) = call(f.app(&[], 1 << 20), request).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error_body(status, &body);
+}
+
+#[tokio::test]
+async fn an_empty_feed_answers_empty_lists() {
+    let f = Fixture::new();
+    for (uri, field) in [
+        ("/api/v1/incidents", "incidents"),
+        ("/api/v1/recommendations", "recommendations"),
+    ] {
+        let (status, body, _) = call(f.app(&[], 1 << 20), get(uri)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body[field], json!([]), "{uri}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Read-only SQL over the store, with limits.
 //!
 //! Every query gets its own DataFusion session over a snapshot of the tables, so a query sees
-//! one consistent state and holds no lock while it runs. The limits keep one query from
+//! one consistent state and holds no lock while it runs. With a Parquet tier attached, each
+//! table is the union of its Parquet files below the tier's watermark and its memory rows from
+//! the watermark on ([`crate::archive`]), the watermark read once per query. The limits keep one query from
 //! hurting the daemon: statements that write are refused, the result is capped at
 //! [`QueryLimits::max_rows`], the run at [`QueryLimits::timeout`] (the query task is then
 //! aborted, which drops its streams and cancels the work), operator memory at
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use datafusion::catalog::MemTable;
+use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -29,10 +31,11 @@ mod error;
 pub use error::QueryError;
 use error::{Phase, classify, parse_error};
 
+use crate::archive::table::tiered;
 use crate::depth;
 use crate::read_only::refused_kind;
 use crate::render::json_rows;
-use crate::store::{Store, TableSnapshot};
+use crate::store::{Store, TableSnapshot, TierSnapshot};
 
 /// How deeply the parser may nest expressions and subqueries (DataFusion's default).
 const PARSER_RECURSION_LIMIT: usize = 50;
@@ -80,7 +83,8 @@ impl Store {
     /// Runs one read-only SQL statement over the tables as they are now.
     ///
     /// Tables are named by [`RecordKind::table_name`](fleetmind_schema::RecordKind) and all
-    /// exist, empty or not; `information_schema` and `SHOW TABLES` work. Nested fields are
+    /// exist, empty or not; `information_schema` and `SHOW TABLES` work. With a Parquet tier
+    /// attached, each counts every row once across the two tiers. Nested fields are
     /// reached with `cpu['busy_frac']` and list elements with `per_cpu[1]`. The work runs on
     /// the engine's own query threads; dropping the returned future cancels it.
     ///
@@ -110,6 +114,9 @@ impl Store {
         let slot = self
             .query_slot()
             .map_err(|limit| QueryError::Busy { limit })?;
+        // The watermark first: a commit between the two reads leaves rows in memory that the
+        // older watermark still assigns to memory.
+        let tier = self.tier_snapshot();
         let tables = self.snapshot();
         let partitions = self.config().query_threads.max(1);
         let (sql, limits) = (sql.to_owned(), limits.clone());
@@ -117,7 +124,7 @@ impl Store {
         let work = async move {
             // The slot is released when the work itself ends, not when the caller gives up.
             let _slot = slot;
-            run(tables, &sql, &limits, partitions).await
+            run(tables, tier, &sql, &limits, partitions).await
         };
         // The clock runs here, on the caller's runtime, so the answer comes on time even while
         // the query threads are inside a long stretch of DataFusion work that does not yield
@@ -165,11 +172,12 @@ type Rows = (Vec<String>, Vec<Vec<serde_json::Value>>, bool);
 /// Parses, checks, plans and runs `sql` over `tables`.
 async fn run(
     tables: Vec<TableSnapshot>,
+    tier: Option<TierSnapshot>,
     sql: &str,
     limits: &QueryLimits,
     partitions: usize,
 ) -> Result<Rows, QueryError> {
-    let ctx = session(tables, limits, partitions)?;
+    let ctx = session(tables, tier, limits, partitions)?;
 
     let mut statements = DFParserBuilder::new(sql)
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
@@ -242,6 +250,7 @@ async fn run(
 /// A fresh session with the tables registered and the limits applied.
 fn session(
     tables: Vec<TableSnapshot>,
+    tier: Option<TierSnapshot>,
     limits: &QueryLimits,
     partitions: usize,
 ) -> Result<SessionContext, QueryError> {
@@ -265,10 +274,22 @@ fn session(
         .build();
     let ctx = SessionContext::new_with_state(state);
     for table in tables {
-        let provider =
-            MemTable::try_new(table.schema, deal(table.batches, partitions)).map_err(engine)?;
-        ctx.register_table(table.name, Arc::new(provider))
-            .map_err(engine)?;
+        let memory: Arc<dyn TableProvider> = Arc::new(
+            MemTable::try_new(Arc::clone(&table.schema), deal(table.batches, partitions))
+                .map_err(engine)?,
+        );
+        let provider = match &tier {
+            Some(tier) => tiered(
+                table.name,
+                &table.schema,
+                memory,
+                tier.root.join(table.name),
+                tier.watermark,
+            )
+            .map_err(engine)?,
+            None => memory,
+        };
+        ctx.register_table(table.name, provider).map_err(engine)?;
     }
     Ok(ctx)
 }

@@ -6,6 +6,10 @@
 //! lock while a query runs, so a slow query does not stall ingestion. The store also keeps the
 //! latest [`HostSample`] of every host, which the host list needs without running SQL.
 //! Queries themselves are in [`crate::query`].
+//!
+//! With a Parquet tier attached ([`Store::attach_archive`]), queries read the memory rows from
+//! the tier's watermark on and the Parquet files below it, and the memory window does not drop
+//! rows the tier does not serve yet (see [`crate::archive`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +25,7 @@ use fleetmind_schema::{
     to_record_batch,
 };
 
+use crate::archive::Archive;
 use crate::chunk::{self, Chunk};
 use crate::executor::Executor;
 use crate::retention::{self, RetentionError};
@@ -29,7 +34,8 @@ use crate::retention::{self, RetentionError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// How far back the store keeps rows; older rows are dropped on ingest and by
-    /// [`Store::enforce_window`]. Default 6 hours.
+    /// [`Store::enforce_window`]. Default 6 hours. With a Parquet tier attached, rows at or
+    /// after its watermark are kept even when older, up to [`Archive::hold`] more.
     pub memory_window: Duration,
     /// Threads that run queries, and the partitions a query is split into. Default 2.
     pub query_threads: usize,
@@ -95,6 +101,7 @@ pub struct Store {
     inner: RwLock<Inner>,
     executor: Executor,
     query_slots: Arc<tokio::sync::Semaphore>,
+    archive: RwLock<Option<Arc<Archive>>>,
 }
 
 struct Inner {
@@ -110,6 +117,13 @@ pub(crate) struct TableSnapshot {
     pub(crate) name: &'static str,
     pub(crate) schema: SchemaRef,
     pub(crate) batches: Vec<RecordBatch>,
+}
+
+/// The Parquet tier as one query sees it: the files under `root`, cut at `watermark`.
+#[derive(Debug, Clone)]
+pub(crate) struct TierSnapshot {
+    pub(crate) root: std::path::PathBuf,
+    pub(crate) watermark: TimestampMs,
 }
 
 impl Default for Store {
@@ -145,7 +159,23 @@ impl Store {
                 tables,
                 latest_hosts: BTreeMap::new(),
             }),
+            archive: RwLock::new(None),
         }
+    }
+
+    /// Makes queries read the Parquet tier `archive` below its watermark (and memory from it
+    /// on), and keeps memory rows the tier does not serve yet. Replaces an earlier archive.
+    pub fn attach_archive(&self, archive: Arc<Archive>) {
+        *self.archive.write().unwrap_or_else(PoisonError::into_inner) = Some(archive);
+    }
+
+    /// The attached Parquet tier, if any.
+    #[must_use]
+    pub fn archive(&self) -> Option<Arc<Archive>> {
+        self.archive
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The configuration the store was built with.
@@ -165,8 +195,9 @@ impl Store {
     }
 
     /// Stores records, grouped by kind into one batch each, then drops rows older than
-    /// `now - memory_window` (records that arrive already older are dropped at once) and
-    /// compacts tables that hold too many small batches.
+    /// `now - memory_window` (records that arrive already older are dropped at once; with a
+    /// Parquet tier attached, see [`StoreConfig::memory_window`]) and compacts tables that hold
+    /// too many small batches.
     ///
     /// # Errors
     ///
@@ -180,7 +211,7 @@ impl Store {
     ) -> Result<(), IngestError> {
         let grouped = ByKind::group(records);
         let latest = latest_per_host(&grouped.host_samples);
-        let (batches, convert_error) = grouped.into_batches();
+        let (batches, convert_error) = grouped.batches();
         // Conversion and time ranges are worked out before the lock is taken.
         let mut first_error = convert_error;
         let mut chunks = Vec::with_capacity(batches.len());
@@ -219,8 +250,9 @@ impl Store {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Drops every row with `ts < now - memory_window`, and hosts whose latest sample is that
-    /// old from [`Store::latest_hosts`]. Returns the number of rows dropped.
+    /// Drops every row with `ts < now - memory_window` (with a Parquet tier attached, see
+    /// [`StoreConfig::memory_window`]), and hosts whose latest sample is that old from
+    /// [`Store::latest_hosts`]. Returns the number of rows dropped.
     ///
     /// # Errors
     ///
@@ -260,6 +292,15 @@ impl Store {
             .collect()
     }
 
+    /// The Parquet tier for a query: `None` without one, or before it serves anything.
+    pub(crate) fn tier_snapshot(&self) -> Option<TierSnapshot> {
+        let archive = self.archive()?;
+        Some(TierSnapshot {
+            root: archive.root().to_path_buf(),
+            watermark: archive.watermark()?,
+        })
+    }
+
     /// Takes a query slot, or says how many are all in use.
     pub(crate) fn query_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
         self.query_slots
@@ -272,9 +313,19 @@ impl Store {
         &self.executor
     }
 
+    /// Rows older than this leave memory: `now - memory_window`, or with a Parquet tier, the
+    /// older of that and the tier's watermark, but no older than [`Archive::hold`] beyond the
+    /// window.
     fn cutoff(&self, now: TimestampMs) -> TimestampMs {
-        let window = i64::try_from(self.config.memory_window.as_millis()).unwrap_or(i64::MAX);
-        now.saturating_sub(window)
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let window_cut = now.saturating_sub(millis(self.config.memory_window));
+        let Some(archive) = self.archive() else {
+            return window_cut;
+        };
+        let hold_cut = window_cut.saturating_sub(millis(archive.hold()));
+        archive
+            .watermark()
+            .map_or(hold_cut, |w| w.min(window_cut).max(hold_cut))
     }
 
     // A panic under the lock cannot leave a table half-written (each table is replaced
@@ -326,7 +377,7 @@ impl Inner {
 }
 
 /// The Arrow schema of a kind's table.
-fn schema_of(kind: RecordKind) -> SchemaRef {
+pub(crate) fn schema_of(kind: RecordKind) -> SchemaRef {
     match kind {
         RecordKind::HostSample => HostSample::arrow_schema(),
         RecordKind::VmSample => VmSample::arrow_schema(),
@@ -355,7 +406,7 @@ fn latest_per_host(samples: &[HostSample]) -> Vec<HostSample> {
 
 /// Records sorted into one vector per kind.
 #[derive(Default)]
-struct ByKind {
+pub(crate) struct ByKind {
     host_samples: Vec<HostSample>,
     vm_samples: Vec<VmSample>,
     anomalies: Vec<Anomaly>,
@@ -367,7 +418,7 @@ struct ByKind {
 }
 
 impl ByKind {
-    fn group(records: impl IntoIterator<Item = Record>) -> Self {
+    pub(crate) fn group(records: impl IntoIterator<Item = Record>) -> Self {
         let mut by = Self::default();
         for record in records {
             match record {
@@ -384,8 +435,32 @@ impl ByKind {
         by
     }
 
+    /// The records back, kind by kind.
+    pub(crate) fn into_records(self) -> impl Iterator<Item = Record> {
+        let Self {
+            host_samples,
+            vm_samples,
+            anomalies,
+            incidents,
+            recommendations,
+            actions,
+            audit,
+            collector_health,
+        } = self;
+        host_samples
+            .into_iter()
+            .map(Record::HostSample)
+            .chain(vm_samples.into_iter().map(Record::VmSample))
+            .chain(anomalies.into_iter().map(Record::Anomaly))
+            .chain(incidents.into_iter().map(Record::Incident))
+            .chain(recommendations.into_iter().map(Record::Recommendation))
+            .chain(actions.into_iter().map(Record::Action))
+            .chain(audit.into_iter().map(Record::Audit))
+            .chain(collector_health.into_iter().map(Record::CollectorHealth))
+    }
+
     /// One batch per non-empty kind, and the first conversion error.
-    fn into_batches(self) -> (Vec<(RecordKind, RecordBatch)>, Option<IngestError>) {
+    pub(crate) fn batches(&self) -> (Vec<(RecordKind, RecordBatch)>, Option<IngestError>) {
         let mut out = Vec::new();
         let mut first_error = None;
         let mut add = |result: Option<Result<(RecordKind, RecordBatch), IngestError>>| match result

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fleetmind_engine::Store;
+use fleetmind_engine::{IncidentFeed, Store};
 use fleetmind_schema::Envelope;
 use fleetmind_stream::EventSource;
 use tokio::sync::watch;
@@ -78,6 +78,7 @@ pub fn start_kafka(
     data_dir: &std::path::Path,
     source: Arc<dyn EventSource>,
     store: Arc<Store>,
+    feed: Arc<IncidentFeed>,
     progress: Arc<IngestProgress>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<KafkaPipeline> {
@@ -114,6 +115,7 @@ pub fn start_kafka(
             let handler = |payload: &[u8]| -> Result<(), std::convert::Infallible> {
                 match serde_json::from_slice::<Envelope>(payload) {
                     Ok(envelope) => {
+                        feed.observe(&envelope.record);
                         if let Err(e) = store.ingest([envelope.record]) {
                             progress.rejected.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(error = %e, "engine rejected a record");

@@ -5,6 +5,8 @@
 //! * `run`: both in one process; the collector appends straight into the local event log.
 
 mod agent;
+mod analytics;
+mod compaction;
 mod kafka;
 mod pipeline;
 mod vmm_hosts;
@@ -232,6 +234,9 @@ async fn run_server(
         ..StoreConfig::default()
     }));
     let progress = Arc::new(pipeline::IngestProgress::default());
+    // The latest version of every incident and its recommendations, for the API; fed by the
+    // engine consumer like the store.
+    let feed = Arc::new(fleetmind_engine::IncidentFeed::default());
     let sink: Arc<dyn EventSink> = Arc::new(log.clone());
     let source: Arc<dyn EventSource> = Arc::new(log.clone());
 
@@ -244,6 +249,7 @@ async fn run_server(
             &data_dir,
             source.clone(),
             store.clone(),
+            feed.clone(),
             progress.clone(),
             &shutdown,
         )?),
@@ -254,6 +260,7 @@ async fn run_server(
         None => tokio::spawn(pipeline::consume_into_engine(
             source.clone(),
             store.clone(),
+            feed.clone(),
             progress.clone(),
             shutdown.clone(),
         )),
@@ -292,6 +299,21 @@ async fn run_server(
             }
         });
     }
+    // Anomaly detection and correlation over the local log; what they find goes back into it.
+    let analytics_progress = Arc::new(analytics::AnalyticsProgress::default());
+    tasks.spawn(analytics::run_analytics(
+        fleetmind_engine::analytics::AnalyticsConfig::default(),
+        data_dir.join("analytics").join("state.json"),
+        source.clone(),
+        sink.clone(),
+        analytics_progress.clone(),
+        shutdown.clone(),
+    ));
+
+    // The Parquet tier: older records compacted from the log, queried together with memory.
+    let compaction =
+        compaction::start(&config, &data_dir, log.clone(), store.clone(), &shutdown).await?;
+    tasks.spawn(compaction);
 
     // The demo fleet's VMM hosts (all-in-one role only).
     let vmm_hosts = match (&kvm, demo) {
@@ -316,6 +338,7 @@ async fn run_server(
     let status = {
         let source = source.clone();
         let progress = progress.clone();
+        let analytics_progress = analytics_progress.clone();
         let kvm = serde_json::to_value(&kvm).unwrap_or_default();
         let started = std::time::Instant::now();
         Arc::new(move || {
@@ -335,6 +358,7 @@ async fn run_server(
                     "ingest_stopped": stopped,
                 },
                 "vmm": vmm_status(),
+                "analytics": analytics_progress.to_json(),
             });
             if stopped.is_some() {
                 status["status"] = json!("degraded");
@@ -353,6 +377,7 @@ async fn run_server(
         agent_tokens: config.server.agent_tokens.clone().into(),
         max_body_bytes: config.api.max_body_bytes,
         status,
+        feed: feed.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

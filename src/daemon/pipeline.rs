@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fleetmind_engine::Store;
+use fleetmind_engine::{IncidentFeed, Store};
 use fleetmind_schema::{Envelope, Record};
 use fleetmind_stream::{EventSink, EventSource, Offset, ReadError, SubscribeError, Subscription};
 use tokio::sync::{mpsc, watch};
@@ -42,7 +42,7 @@ impl IngestProgress {
 }
 
 /// Subscribes at `from`, or at the earliest retained offset if `from` is gone.
-fn subscribe_at_or_after(
+pub(super) fn subscribe_at_or_after(
     source: &dyn EventSource,
     from: Offset,
 ) -> Result<Subscription, SubscribeError> {
@@ -91,6 +91,7 @@ pub async fn append_samples(mut samples: mpsc::Receiver<Record>, sink: Arc<dyn E
 pub async fn consume_into_engine(
     source: Arc<dyn EventSource>,
     store: Arc<Store>,
+    feed: Arc<IncidentFeed>,
     progress: Arc<IngestProgress>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -150,6 +151,9 @@ pub async fn consume_into_engine(
             }
         }
         if !pending.is_empty() {
+            for record in &pending {
+                feed.observe(record);
+            }
             let count = pending.len();
             if let Err(e) = store.ingest(pending.drain(..)) {
                 progress.rejected.fetch_add(count as u64, Ordering::Relaxed);
@@ -227,6 +231,7 @@ mod tests {
         let task = tokio::spawn(consume_into_engine(
             Arc::new(log.clone()),
             store.clone(),
+            Arc::new(IncidentFeed::default()),
             progress.clone(),
             stop_rx,
         ));
