@@ -28,6 +28,8 @@ pub struct Config {
     pub stream: StreamConfig,
     /// Analytics engine.
     pub engine: EngineConfig,
+    /// Anomaly detection, correlation into incidents, recommendations.
+    pub analytics: AnalyticsConfig,
     /// Settings of the `agent` role.
     pub agent: AgentConfig,
     /// Settings of the `server` role.
@@ -214,6 +216,56 @@ impl Default for EngineConfig {
     }
 }
 
+/// `[analytics]`: anomaly detection, incidents and recommendations (roles `run` and `server`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Score every series and correlate. Default true.
+    pub enabled: bool,
+    /// An incident resolves once all its signals have been normal this long. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub quiet_period: Duration,
+    /// Run-queue delay (fraction of the interval a vCPU waited for a CPU) that is a problem
+    /// whatever its history. Default 0.2.
+    pub wait_guard: f64,
+    /// Guest free memory, as a fraction of the VM's memory, below which the guest is short.
+    /// Default 0.05.
+    pub guest_free_low: f64,
+    /// A VM's exits per second this many times its own median are an exit storm. Default 10.
+    pub exit_storm_ratio: f64,
+    /// Bandwidth between hosts for live migration, in bytes per second: the basis of a
+    /// migration's cost and of whether it can converge. Default 1.25e9 (10 Gbit/s).
+    pub migration_bandwidth: f64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        let correlator = fleetmind_engine::CorrelatorConfig::default();
+        Self {
+            enabled: true,
+            quiet_period: correlator.quiet_period,
+            wait_guard: correlator.wait_guard,
+            guest_free_low: correlator.guest_free_low_frac,
+            exit_storm_ratio: correlator.exit_storm_ratio,
+            migration_bandwidth: correlator.migration_bandwidth_bytes_per_s,
+        }
+    }
+}
+
+impl AnalyticsConfig {
+    /// The engine's analytics settings: these keys over the built-in defaults.
+    #[must_use]
+    pub fn engine_config(&self) -> fleetmind_engine::analytics::AnalyticsConfig {
+        let mut config = fleetmind_engine::analytics::AnalyticsConfig::default();
+        config.correlator.quiet_period = self.quiet_period;
+        config.correlator.wait_guard = self.wait_guard;
+        config.correlator.guest_free_low_frac = self.guest_free_low;
+        config.correlator.exit_storm_ratio = self.exit_storm_ratio;
+        config.correlator.migration_bandwidth_bytes_per_s = self.migration_bandwidth;
+        config
+    }
+}
+
 /// `[agent]`: the per-host role.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +409,33 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        let fraction = |v: f64| v.is_finite() && v > 0.0 && v < 1.0;
+        if !fraction(self.analytics.wait_guard) {
+            return invalid(
+                "analytics.wait_guard",
+                "must be between 0 and 1 (exclusive)",
+            );
+        }
+        if !fraction(self.analytics.guest_free_low) {
+            return invalid(
+                "analytics.guest_free_low",
+                "must be between 0 and 1 (exclusive)",
+            );
+        }
+        if !(self.analytics.exit_storm_ratio.is_finite() && self.analytics.exit_storm_ratio > 1.0) {
+            return invalid("analytics.exit_storm_ratio", "must be a number above 1");
+        }
+        if !(self.analytics.migration_bandwidth.is_finite()
+            && self.analytics.migration_bandwidth > 0.0)
+        {
+            return invalid(
+                "analytics.migration_bandwidth",
+                "must be a positive number of bytes per second",
+            );
+        }
+        if self.analytics.quiet_period < Duration::from_secs(1) {
+            return invalid("analytics.quiet_period", "must be at least 1s");
+        }
         if self.collector.interval < Duration::from_millis(10) {
             return invalid("collector.interval", "must be at least 10ms");
         }
@@ -552,6 +631,40 @@ mod tests {
             Duration::from_secs(90 * 86400)
         );
         assert_eq!(config.engine.parquet_max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn analytics_keys_reach_the_correlator_and_bad_ones_are_named() {
+        let config = parse(
+            "[analytics]\nquiet_period = \"2m\"\nwait_guard = 0.3\nmigration_bandwidth = 1e8\n",
+        )
+        .expect("valid");
+        let engine = config.analytics.engine_config();
+        assert_eq!(engine.correlator.quiet_period, Duration::from_secs(120));
+        assert!((engine.correlator.wait_guard - 0.3).abs() < 1e-12);
+        assert!((engine.correlator.migration_bandwidth_bytes_per_s - 1e8).abs() < 1e-3);
+        for (toml, key) in [
+            ("[analytics]\nwait_guard = 1.5\n", "analytics.wait_guard"),
+            (
+                "[analytics]\nguest_free_low = 0.0\n",
+                "analytics.guest_free_low",
+            ),
+            (
+                "[analytics]\nexit_storm_ratio = 0.5\n",
+                "analytics.exit_storm_ratio",
+            ),
+            (
+                "[analytics]\nmigration_bandwidth = -1.0\n",
+                "analytics.migration_bandwidth",
+            ),
+            (
+                "[analytics]\nquiet_period = \"10ms\"\n",
+                "analytics.quiet_period",
+            ),
+        ] {
+            let err = parse(toml).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

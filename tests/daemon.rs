@@ -72,6 +72,28 @@ async fn run_serves_this_host_with_live_values() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["role"], "run");
     assert!(health["hypervisor"]["state"].is_string(), "{health}");
+    // Analytics scores the host's series; the Parquet tier ran its first pass at start.
+    let health = wait_for(
+        "analytics series and a compaction pass in health",
+        Duration::from_secs(30),
+        || async {
+            let (_, h) = get_json(&client, &daemon.url("/api/v1/health")).await;
+            let series = h["analytics"]["series"].as_u64()?;
+            let passes = h["compaction"]["passes"].as_u64()?;
+            (series > 0 && passes > 0).then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(
+        health["analytics"]["stopped"],
+        serde_json::Value::Null,
+        "{health}"
+    );
+    assert_eq!(
+        health["compaction"]["last_error"],
+        serde_json::Value::Null,
+        "{health}"
+    );
 
     let page = client.get(daemon.url("/")).send().await.expect("index");
     assert_eq!(page.status(), 200);

@@ -43,6 +43,15 @@ impl AnalyticsProgress {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
     }
 
+    /// Records that analytics does not run by configuration (shown by the health endpoint).
+    pub fn turned_off(&self, reason: &str) {
+        tracing::info!(%reason, "analytics off");
+        *self
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
     /// The health endpoint's view.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

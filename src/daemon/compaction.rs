@@ -14,6 +14,33 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 
+/// What the health endpoint shows of the Parquet tier: updated after every pass.
+#[derive(Debug, Default)]
+pub(super) struct CompactionStatus(std::sync::Mutex<serde_json::Value>);
+
+impl CompactionStatus {
+    fn set(&self, value: serde_json::Value) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    /// The latest pass: when, the watermark, totals since start, the last error.
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        let value = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if value.is_null() {
+            serde_json::json!({"passes": 0})
+        } else {
+            value
+        }
+    }
+}
+
 /// Opens the tier under `data_dir/parquet` (deleting the files of a step that crashed before
 /// its commit), attaches it to `store`, and returns the compaction loop to spawn.
 ///
@@ -26,6 +53,7 @@ pub(super) async fn start(
     data_dir: &Path,
     log: EventLog,
     store: Arc<Store>,
+    status: Arc<CompactionStatus>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let archive = ArchiveConfig {
@@ -43,6 +71,7 @@ pub(super) async fn start(
     Ok(run(
         compactor,
         store,
+        status,
         config.engine.compact_interval,
         shutdown.clone(),
     ))
@@ -53,10 +82,12 @@ pub(super) async fn start(
 async fn run(
     mut compactor: Compactor,
     store: Arc<Store>,
+    status: Arc<CompactionStatus>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
+    let (mut passes, mut rows, mut lost) = (0_u64, 0_u64, 0_u64);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,6 +122,23 @@ async fn run(
             }
         };
         compactor = back;
+        passes += 1;
+        let error = match &compacted {
+            Ok(report) => {
+                rows += report.rows_written;
+                lost += report.lost_offsets;
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        status.set(serde_json::json!({
+            "passes": passes,
+            "last_pass_ts": now,
+            "watermark": compactor.archive().watermark(),
+            "rows_written": rows,
+            "lost_offsets": lost,
+            "last_error": error,
+        }));
         match compacted {
             Ok(report) if report.rows_written > 0 || report.lost_offsets > 0 => {
                 tracing::info!(

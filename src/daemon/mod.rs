@@ -301,18 +301,30 @@ async fn run_server(
     }
     // Anomaly detection and correlation over the local log; what they find goes back into it.
     let analytics_progress = Arc::new(analytics::AnalyticsProgress::default());
-    tasks.spawn(analytics::run_analytics(
-        fleetmind_engine::analytics::AnalyticsConfig::default(),
-        data_dir.join("analytics").join("state.json"),
-        source.clone(),
-        sink.clone(),
-        analytics_progress.clone(),
-        shutdown.clone(),
-    ));
+    if config.analytics.enabled {
+        tasks.spawn(analytics::run_analytics(
+            config.analytics.engine_config(),
+            data_dir.join("analytics").join("state.json"),
+            source.clone(),
+            sink.clone(),
+            analytics_progress.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        analytics_progress.turned_off("turned off (analytics.enabled = false)");
+    }
 
     // The Parquet tier: older records compacted from the log, queried together with memory.
-    let compaction =
-        compaction::start(&config, &data_dir, log.clone(), store.clone(), &shutdown).await?;
+    let compaction_status = Arc::new(compaction::CompactionStatus::default());
+    let compaction = compaction::start(
+        &config,
+        &data_dir,
+        log.clone(),
+        store.clone(),
+        compaction_status.clone(),
+        &shutdown,
+    )
+    .await?;
     tasks.spawn(compaction);
 
     // The demo fleet's VMM hosts (all-in-one role only).
@@ -339,6 +351,7 @@ async fn run_server(
         let source = source.clone();
         let progress = progress.clone();
         let analytics_progress = analytics_progress.clone();
+        let compaction_status = compaction_status.clone();
         let kvm = serde_json::to_value(&kvm).unwrap_or_default();
         let started = std::time::Instant::now();
         Arc::new(move || {
@@ -359,6 +372,7 @@ async fn run_server(
                 },
                 "vmm": vmm_status(),
                 "analytics": analytics_progress.to_json(),
+                "compaction": compaction_status.to_json(),
             });
             if stopped.is_some() {
                 status["status"] = json!("degraded");
