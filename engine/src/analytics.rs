@@ -400,6 +400,104 @@ mod tests {
         assert!(!anomalies_on(&got, "cpu.busy_frac").is_empty());
     }
 
+    /// A noisy neighbour opens an incident; the daemon restarts mid-incident; the restored
+    /// analytics goes on with the same incident and resolves it under its own id, opening no
+    /// second one for the same problem.
+    #[test]
+    fn open_incidents_survive_a_restart_and_resolve_under_their_own_id() {
+        use crate::correlate::test_utils::{HostSpec, VmSpec, host_sample, vm_sample};
+
+        struct Fleet {
+            host: HostSpec,
+            victim: VmSpec,
+            noisy: VmSpec,
+            ts: i64,
+            offset: u64,
+        }
+        impl Fleet {
+            fn calm(&mut self) {
+                self.victim.load(0.6, 0.02, 100.0);
+                self.noisy.load(0.05, 0.01, 80.0);
+                self.host.busy[1] = 0.65;
+            }
+            fn storm(&mut self) {
+                self.victim.load(0.4, 0.45, 100.0);
+                self.noisy.load(0.5, 0.3, 60_000.0);
+                self.host.busy[1] = 1.0;
+            }
+            fn run(&mut self, analytics: &mut Analytics, seconds: usize) -> Vec<Record> {
+                let mut out = Vec::new();
+                for _ in 0..seconds {
+                    self.ts += 1_000;
+                    for record in [
+                        Record::HostSample(host_sample(&self.host, self.ts)),
+                        Record::VmSample(vm_sample(&self.victim, self.ts)),
+                        Record::VmSample(vm_sample(&self.noisy, self.ts)),
+                    ] {
+                        out.extend(analytics.process(self.offset, &record));
+                        self.offset += 1;
+                    }
+                    out.extend(analytics.tick(self.ts));
+                }
+                out
+            }
+        }
+        fn incidents(records: &[Record]) -> Vec<&Incident> {
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Incident(i) => Some(i),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let mut fleet = Fleet {
+            host: HostSpec::new("h", 4),
+            victim: VmSpec::builtin("h/victim", &[&[1]]),
+            noisy: VmSpec::builtin("h/noisy", &[&[1]]),
+            ts: 1_700_000_000_000,
+            offset: 0,
+        };
+        fleet.host.busy = vec![0.1, 0.65, 0.1, 0.1];
+        fleet.calm();
+        let mut before = Analytics::new(AnalyticsConfig::default());
+        assert!(incidents(&fleet.run(&mut before, 60)).is_empty());
+        fleet.storm();
+        let opened = fleet.run(&mut before, 20);
+        let open_ids: std::collections::BTreeSet<&str> = incidents(&opened)
+            .iter()
+            .filter(|i| i.status == IncidentStatus::Open)
+            .map(|i| i.id.as_str())
+            .collect();
+        assert!(!open_ids.is_empty(), "the storm opens an incident");
+        assert_eq!(before.open_incidents(), open_ids.len());
+        before.save(&path).expect("save");
+        drop(before);
+
+        let mut after = Analytics::restore(AnalyticsConfig::default(), &path).expect("restore");
+        assert_eq!(after.open_incidents(), open_ids.len());
+        let mut later = fleet.run(&mut after, 10);
+        fleet.calm();
+        later.extend(fleet.run(&mut after, 180));
+        let later = incidents(&later);
+        assert!(
+            later.iter().all(|i| open_ids.contains(i.id.as_str())),
+            "no second incident for the same problem: {later:#?}"
+        );
+        for id in &open_ids {
+            assert!(
+                later
+                    .iter()
+                    .any(|i| i.id == *id && i.status == IncidentStatus::Resolved),
+                "{id} resolves after the restart: {later:#?}"
+            );
+        }
+        assert_eq!(after.open_incidents(), 0);
+    }
+
     #[test]
     fn a_corrupt_state_is_an_error_naming_the_file_and_a_missing_one_starts_afresh() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -43,7 +43,7 @@ mod recommend;
 pub mod series;
 mod signals;
 #[cfg(test)]
-mod test_utils;
+pub(crate) mod test_utils;
 #[cfg(test)]
 mod tests;
 
