@@ -36,6 +36,9 @@ pub enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 /// Flags shared by the daemon roles.
@@ -211,6 +214,29 @@ pub enum ConfigCommand {
     },
     /// Print the default configuration as TOML.
     Default,
+}
+
+/// `fleetmind audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's hash chain: exit 0 when intact, 1 when a record was changed,
+    /// removed or reordered (naming the line), 2 when there is no log.
+    Verify(AuditVerifyArgs),
+}
+
+/// Options of `fleetmind audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The log file (wins over the data directory's `audit/audit.jsonl`).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The tip hash noted earlier: also fail unless the log ends there (detects records
+    /// removed from the end).
+    #[arg(long, value_name = "HEX")]
+    pub tip: Option<String>,
+    /// Where the data directory is.
+    #[command(flatten)]
+    pub dirs: SocketDirArgs,
 }
 
 /// `fleetmind bench ...`

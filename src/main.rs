@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cli;
 mod bench;
 mod bench_collect;
 mod bench_nab;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, DaemonArgs};
+use crate::cli::{AuditCommand, BenchCommand, Cli, Command, ConfigCommand, DaemonArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleetmind: error: {e:#}");
-            ExitCode::FAILURE
+            audit_cli::exit_code(&e).unwrap_or(ExitCode::FAILURE)
         }
     }
 }
@@ -57,6 +58,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Payload(args)) => bench_payload::payload(&args),
         Command::Bench(BenchCommand::Collect(args)) => bench_collect::run(&args),
         Command::Bench(BenchCommand::Nab(args)) => bench_nab::run(&args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_cli::verify(&args),
     }
 }
 

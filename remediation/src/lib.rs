@@ -7,6 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod executor;
 
+pub use audit::{
+    AuditEntry, AuditError, AuditLog, ChainProblem, VerifyError, VerifyReport, verify_file,
+};
 pub use executor::{ActionExecutor, ExecuteError, ExecutionReport, ExecutorRegistry};
